@@ -1,0 +1,255 @@
+"""Process settings: one frozen object read from the environment and validated at start.
+
+Only this module reads the environment, and only when `Settings.from_env` is called (from a
+service's `main.py` or the command line). Every variable is listed in `VARIABLES`, which is also
+what the README's configuration table documents. Secrets (keys) have no defaults: a process that
+needs them refuses to start without them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from common.errors import FieldViolation
+
+SERVICES = ("availability", "booking", "eligibility", "waitlist", "notify", "gateway")
+
+
+class SettingsError(Exception):
+    """The environment does not describe a runnable process; lists every problem found."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__(
+            "invalid configuration: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
+        )
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    description: str
+    default: str | None = None
+    secret: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MEDSCHED_DATABASE_URL", "PostgreSQL URL (postgresql://user@host:port/db)"),
+    Variable("MEDSCHED_NATS_URL", "NATS URL with JetStream enabled (nats://host:port)"),
+    Variable("MEDSCHED_REDIS_URL", "Redis URL (redis://host:port/db)"),
+    Variable("MEDSCHED_GRPC_LISTEN", "host:port the gRPC server binds", "127.0.0.1:0"),
+    Variable("MEDSCHED_HTTP_LISTEN", "host:port the REST gateway binds", "127.0.0.1:8443"),
+    Variable(
+        "MEDSCHED_METRICS_LISTEN", "host:port of the Prometheus scrape endpoint; empty: off", ""
+    ),
+    Variable("MEDSCHED_TLS_CA", "CA certificate (PEM) that signs service certificates", ""),
+    Variable("MEDSCHED_TLS_CERT", "this process's certificate chain (PEM)", ""),
+    Variable("MEDSCHED_TLS_KEY", "this process's private key (PEM)", "", secret=True),
+    Variable("MEDSCHED_TLS_REQUIRE_CLIENT_CERT", "require mutual TLS from gRPC clients", "false"),
+    Variable(
+        "MEDSCHED_ENCRYPTION_KEYS",
+        "PHI key ring 'kid:base64key,...' (32-byte AES-256 keys)",
+        secret=True,
+    ),
+    Variable("MEDSCHED_ENCRYPTION_ACTIVE_KEY", "key id new ciphertexts are written under"),
+    Variable("MEDSCHED_HASH_KEY", "base64 key (>= 32 bytes) for keyed lookup hashes", secret=True),
+    Variable(
+        "MEDSCHED_PRINCIPAL_KEY",
+        "base64 key (>= 32 bytes) the gateway signs forwarded principals with",
+        secret=True,
+    ),
+    Variable(
+        "MEDSCHED_SERVICE_ADDRS",
+        "where other services listen: 'booking=host:port,eligibility=host:port,...'",
+        "",
+    ),
+    Variable("MEDSCHED_ELASTICSEARCH_URL", "optional Elasticsearch URL for the search backend", ""),
+    Variable("MEDSCHED_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO"),
+    Variable("MEDSCHED_OTLP_ENDPOINT", "optional OTLP endpoint for traces", ""),
+    Variable("MEDSCHED_SHUTDOWN_GRACE_S", "seconds in-flight RPCs get on SIGTERM", "10"),
+)
+
+_BY_NAME = {v.name: v for v in VARIABLES}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+    require_client_cert: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a medsched process needs to start, already validated."""
+
+    service: str
+    database_url: str
+    nats_url: str
+    redis_url: str
+    grpc_listen: str
+    http_listen: str
+    metrics_listen: str
+    tls: TlsFiles | None
+    encryption_keys: str = field(repr=False)
+    encryption_active_key: str
+    hash_key: bytes = field(repr=False)
+    principal_key: bytes = field(repr=False)
+    service_addrs: Mapping[str, str]
+    elasticsearch_url: str
+    log_level: str
+    otlp_endpoint: str
+    shutdown_grace_s: float
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate; raise `SettingsError` naming every bad or missing variable."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        if service not in SERVICES and service != "cli":
+            reader.violation("service", f"unknown service {service!r}")
+        settings = cls(
+            service=service,
+            database_url=reader.url("MEDSCHED_DATABASE_URL", ("postgresql", "postgres")),
+            nats_url=reader.url("MEDSCHED_NATS_URL", ("nats", "tls")),
+            redis_url=reader.url("MEDSCHED_REDIS_URL", ("redis", "rediss", "unix")),
+            grpc_listen=reader.address("MEDSCHED_GRPC_LISTEN"),
+            http_listen=reader.address("MEDSCHED_HTTP_LISTEN"),
+            metrics_listen=reader.address("MEDSCHED_METRICS_LISTEN", allow_empty=True),
+            tls=reader.tls(),
+            encryption_keys=reader.required("MEDSCHED_ENCRYPTION_KEYS"),
+            encryption_active_key=reader.required("MEDSCHED_ENCRYPTION_ACTIVE_KEY"),
+            hash_key=reader.key("MEDSCHED_HASH_KEY"),
+            principal_key=reader.key("MEDSCHED_PRINCIPAL_KEY"),
+            service_addrs=reader.service_addrs(),
+            elasticsearch_url=reader.optional_url("MEDSCHED_ELASTICSEARCH_URL", ("http", "https")),
+            log_level=reader.choice("MEDSCHED_LOG_LEVEL", _LOG_LEVELS),
+            otlp_endpoint=reader.value("MEDSCHED_OTLP_ENDPOINT"),
+            shutdown_grace_s=reader.positive_float("MEDSCHED_SHUTDOWN_GRACE_S"),
+        )
+        reader.raise_if_invalid()
+        return settings
+
+    def address_of(self, service: str) -> str:
+        """The gRPC address of another service; a clear error when it is not configured."""
+        try:
+            return self.service_addrs[service]
+        except KeyError:
+            raise SettingsError(
+                [FieldViolation("MEDSCHED_SERVICE_ADDRS", f"no address for {service!r}")]
+            ) from None
+
+
+class _Reader:
+    """Reads variables, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._violations: list[FieldViolation] = []
+
+    def violation(self, name: str, description: str) -> None:
+        self._violations.append(FieldViolation(name, description))
+
+    def raise_if_invalid(self) -> None:
+        if self._violations:
+            raise SettingsError(self._violations)
+
+    def value(self, name: str) -> str:
+        default = _BY_NAME[name].default
+        return self._env.get(name, default if default is not None else "").strip()
+
+    def required(self, name: str) -> str:
+        value = self.value(name)
+        if not value:
+            self.violation(name, "is required")
+        return value
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str:
+        value = self.required(name)
+        if value and urlsplit(value).scheme not in schemes:
+            self.violation(name, f"must be a URL with scheme {' or '.join(schemes)}")
+        return value
+
+    def optional_url(self, name: str, schemes: tuple[str, ...]) -> str:
+        value = self.value(name)
+        if value and urlsplit(value).scheme not in schemes:
+            self.violation(name, f"must be a URL with scheme {' or '.join(schemes)}")
+        return value
+
+    def address(self, name: str, *, allow_empty: bool = False) -> str:
+        value = self.value(name)
+        if not value and allow_empty:
+            return ""
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            self.violation(name, "must be host:port (port 0 picks a free port)")
+        return value
+
+    def key(self, name: str) -> bytes:
+        raw = self.required(name)
+        if not raw:
+            return b""
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            self.violation(name, "must be base64")
+            return b""
+        if len(key) < 32:
+            self.violation(name, "must decode to at least 32 bytes")
+        return key
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        value = self.value(name).upper()
+        if value not in allowed:
+            self.violation(name, f"must be one of {', '.join(allowed)}")
+        return value
+
+    def positive_float(self, name: str) -> float:
+        value = self.value(name)
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if number <= 0:
+            self.violation(name, "must be a positive number")
+        return number
+
+    def service_addrs(self) -> dict[str, str]:
+        raw = self.value("MEDSCHED_SERVICE_ADDRS")
+        addrs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            name, sep, addr = item.partition("=")
+            if not sep or name not in SERVICES or ":" not in addr:
+                self.violation("MEDSCHED_SERVICE_ADDRS", f"bad entry {item!r}: want name=host:port")
+                continue
+            addrs[name] = addr
+        return addrs
+
+    def tls(self) -> TlsFiles | None:
+        paths = {
+            n: self.value(n) for n in ("MEDSCHED_TLS_CA", "MEDSCHED_TLS_CERT", "MEDSCHED_TLS_KEY")
+        }
+        if not any(paths.values()):
+            return None
+        for name, value in paths.items():
+            if not value:
+                self.violation(name, "is required when any MEDSCHED_TLS_* variable is set")
+            elif not Path(value).is_file():
+                self.violation(name, "file does not exist")
+        require = self.value("MEDSCHED_TLS_REQUIRE_CLIENT_CERT").lower()
+        if require not in ("true", "false", "1", "0", "yes", "no"):
+            self.violation("MEDSCHED_TLS_REQUIRE_CLIENT_CERT", "must be true or false")
+        return TlsFiles(
+            ca=Path(paths["MEDSCHED_TLS_CA"]),
+            cert=Path(paths["MEDSCHED_TLS_CERT"]),
+            key=Path(paths["MEDSCHED_TLS_KEY"]),
+            require_client_cert=require in ("true", "1", "yes"),
+        )
