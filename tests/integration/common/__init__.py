@@ -1,0 +1,1 @@
+"""Integration tests of the common runtime against real servers."""
