@@ -1,0 +1,1 @@
+"""SQL every service schema shares (outbox, inbox, extensions), applied by common.migrations."""
