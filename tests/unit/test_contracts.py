@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 
 import google.api.annotations_pb2 as annotations_pb2  # type: ignore[import-untyped, unused-ignore]
+import google.api.http_pb2 as http_pb2  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import (
@@ -121,7 +122,8 @@ def all_methods() -> Iterator[MethodDescriptor]:
 
 def http_rule(method: MethodDescriptor) -> tuple[str, str, str]:
     """(HTTP verb, path template, body) of a method's `google.api.http` option."""
-    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    # The googleapis stubs type `http` as a plain field descriptor, not as an extension.
+    rule: http_pb2.HttpRule = method.GetOptions().Extensions[annotations_pb2.http]  # type: ignore[index]
     verb = str(rule.WhichOneof("pattern") or "")
     path = str(getattr(rule, verb)) if verb in HTTP_VERBS else ""
     return verb.upper(), path, str(rule.body)
