@@ -27,7 +27,7 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 
 
 @dataclass(frozen=True)
-class TestInfra:
+class Servers:
     """Where the session's servers are, and whether they are ours (embedded) or external."""
 
     database_url: str
@@ -55,21 +55,21 @@ def _external_urls() -> tuple[str, str, str] | None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[TestInfra]:
+def stack() -> Iterator[Servers]:
     external = _external_urls()
     if external is not None:
-        yield TestInfra(*external, external=True)
+        yield Servers(*external, external=True)
         return
     with tempfile.TemporaryDirectory(prefix="medsched-test-") as folder:
         infra: Infra = start_infra(Path(folder), durable=False)
         try:
-            yield TestInfra(infra.database_url, infra.nats_url, infra.redis_url, external=False)
+            yield Servers(infra.database_url, infra.nats_url, infra.redis_url, external=False)
         finally:
             infra.stop()
 
 
 @pytest.fixture
-def database_url(stack: TestInfra) -> Iterator[str]:
+def database_url(stack: Servers) -> Iterator[str]:
     """A brand-new empty database for this test alone."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(stack.admin_url(), autocommit=True) as admin:
@@ -84,12 +84,12 @@ def database_url(stack: TestInfra) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(stack: TestInfra) -> str:
+def nats_url(stack: Servers) -> str:
     return stack.nats_url
 
 
 @pytest.fixture(scope="session")
-def redis_url(stack: TestInfra) -> str:
+def redis_url(stack: Servers) -> str:
     return stack.redis_url
 
 

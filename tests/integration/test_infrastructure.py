@@ -6,7 +6,7 @@ import nats
 import psycopg
 import redis.asyncio as aioredis
 
-from tests.conftest import TestInfra
+from tests.conftest import Servers
 
 
 def test_database_fixture_is_empty_and_supports_exclusion_constraints(database_url: str) -> None:
@@ -29,7 +29,7 @@ def test_database_fixture_is_empty_and_supports_exclusion_constraints(database_u
             raise AssertionError("an overlapping reservation was accepted")
 
 
-async def test_nats_has_jetstream(stack: TestInfra, unique: str) -> None:
+async def test_nats_has_jetstream(stack: Servers, unique: str) -> None:
     client = await nats.connect(stack.nats_url)
     try:
         js = client.jetstream()
@@ -41,7 +41,7 @@ async def test_nats_has_jetstream(stack: TestInfra, unique: str) -> None:
         await client.close()
 
 
-async def test_redis_answers(stack: TestInfra, unique: str) -> None:
+async def test_redis_answers(stack: Servers, unique: str) -> None:
     client = aioredis.from_url(stack.redis_url)
     try:
         assert await client.set(f"t:{unique}", "v", nx=True, px=1000)
