@@ -163,10 +163,18 @@ def base_environment(
     return env, infra
 
 
-async def _wait_serving(component: Component, address: str, pki: DevPki, deadline: float) -> None:
+async def _wait_serving(
+    component: Component,
+    address: str,
+    pki: DevPki,
+    deadline: float,
+    process: subprocess.Popen[bytes],
+) -> None:
     from deploy.health import check_grpc_health, check_https_health
 
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"{component.name} exited with status {process.returncode}")
         try:
             if component.kind == "grpc":
                 if await check_grpc_health(address, pki, timeout_s=1.0):
@@ -222,11 +230,17 @@ def start_stack(
         for component in components:
             try:
                 asyncio.run(
-                    _wait_serving(component, stack.addresses[component.name], pki, deadline)
+                    _wait_serving(
+                        component,
+                        stack.addresses[component.name],
+                        pki,
+                        deadline,
+                        stack.processes[component.name],
+                    )
                 )
-            except StackError:
+            except StackError as e:
                 log_path = logs / f"{component.name}.log"
-                raise StackError(f"{component.name} did not become ready; see {log_path}") from None
+                raise StackError(f"{e}; see {log_path}") from None
         (data_dir / "endpoints.json").write_text(json.dumps(stack.endpoints(), indent=2) + "\n")
     except BaseException:
         stack.stop()
