@@ -73,7 +73,36 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MEDSCHED_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO"),
     Variable("MEDSCHED_OTLP_ENDPOINT", "optional OTLP endpoint for traces", ""),
     Variable("MEDSCHED_SHUTDOWN_GRACE_S", "seconds in-flight RPCs get on SIGTERM", "10"),
+    Variable("MEDSCHED_GATEWAY_JWKS_URL", "gateway: HTTPS URL of the OAuth issuer's JWKS", ""),
+    Variable(
+        "MEDSCHED_GATEWAY_TOKEN_ISSUER", "gateway: expected `iss` (needed with a JWKS URL)", ""
+    ),
+    Variable("MEDSCHED_GATEWAY_TOKEN_AUDIENCE", "gateway: expected `aud`", "medsched"),
+    Variable("MEDSCHED_GATEWAY_TOKEN_LEEWAY_S", "gateway: clock skew allowed on exp/iat", "60"),
+    Variable(
+        "MEDSCHED_GATEWAY_DEV_ISSUER_DIR",
+        "gateway: folder of the development token issuer; empty turns it off",
+        "",
+    ),
+    Variable("MEDSCHED_GATEWAY_CORS_ORIGINS", "gateway: comma-separated allowed origins or *", ""),
+    Variable(
+        "MEDSCHED_GATEWAY_RATE_LIMIT", "gateway: requests per minute per principal (0 off)", "600"
+    ),
+    Variable("MEDSCHED_GATEWAY_MAX_BODY_BYTES", "gateway: larger request bodies get 413", "262144"),
+    Variable(
+        "MEDSCHED_GATEWAY_BACKEND_TIMEOUT_S", "gateway: deadline of each call to a service", "5"
+    ),
+    Variable(
+        "MEDSCHED_GATEWAY_DESCRIPTOR_SET",
+        "gateway: descriptor set of the contracts to serve (default: packaged)",
+        "",
+    ),
 )
+
+# What each kind of process must be given; the gateway keeps no data and decrypts nothing.
+_USES_DATABASE = frozenset({"availability", "booking", "eligibility", "waitlist", "notify", "cli"})
+_USES_NATS = _USES_DATABASE
+_USES_PHI_KEYS = _USES_DATABASE
 
 _BY_NAME = {v.name: v for v in VARIABLES}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -108,6 +137,16 @@ class Settings:
     log_level: str
     otlp_endpoint: str
     shutdown_grace_s: float
+    gateway_jwks_url: str
+    gateway_token_issuer: str
+    gateway_token_audience: str
+    gateway_token_leeway_s: int
+    gateway_dev_issuer_dir: str
+    gateway_cors_origins: str
+    gateway_rate_limit: int
+    gateway_max_body_bytes: int
+    gateway_backend_timeout_s: float
+    gateway_descriptor_set: str
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,24 +155,41 @@ class Settings:
         reader = _Reader(env)
         if service not in SERVICES and service != "cli":
             reader.violation("service", f"unknown service {service!r}")
+        uses_db = service in _USES_DATABASE
+        uses_nats = service in _USES_NATS
+        uses_keys = service in _USES_PHI_KEYS
         settings = cls(
             service=service,
-            database_url=reader.url("MEDSCHED_DATABASE_URL", ("postgresql", "postgres")),
-            nats_url=reader.url("MEDSCHED_NATS_URL", ("nats", "tls")),
+            database_url=reader.url(
+                "MEDSCHED_DATABASE_URL", ("postgresql", "postgres"), required=uses_db
+            ),
+            nats_url=reader.url("MEDSCHED_NATS_URL", ("nats", "tls"), required=uses_nats),
             redis_url=reader.url("MEDSCHED_REDIS_URL", ("redis", "rediss", "unix")),
             grpc_listen=reader.address("MEDSCHED_GRPC_LISTEN"),
             http_listen=reader.address("MEDSCHED_HTTP_LISTEN"),
             metrics_listen=reader.address("MEDSCHED_METRICS_LISTEN", allow_empty=True),
             tls=reader.tls(),
-            encryption_keys=reader.required("MEDSCHED_ENCRYPTION_KEYS"),
-            encryption_active_key=reader.required("MEDSCHED_ENCRYPTION_ACTIVE_KEY"),
-            hash_key=reader.key("MEDSCHED_HASH_KEY"),
+            encryption_keys=reader.required("MEDSCHED_ENCRYPTION_KEYS", needed=uses_keys),
+            encryption_active_key=reader.required(
+                "MEDSCHED_ENCRYPTION_ACTIVE_KEY", needed=uses_keys
+            ),
+            hash_key=reader.key("MEDSCHED_HASH_KEY", needed=uses_keys),
             principal_key=reader.key("MEDSCHED_PRINCIPAL_KEY"),
             service_addrs=reader.service_addrs(),
             elasticsearch_url=reader.optional_url("MEDSCHED_ELASTICSEARCH_URL", ("http", "https")),
             log_level=reader.choice("MEDSCHED_LOG_LEVEL", _LOG_LEVELS),
             otlp_endpoint=reader.value("MEDSCHED_OTLP_ENDPOINT"),
             shutdown_grace_s=reader.positive_float("MEDSCHED_SHUTDOWN_GRACE_S"),
+            gateway_jwks_url=reader.optional_url("MEDSCHED_GATEWAY_JWKS_URL", ("https", "http")),
+            gateway_token_issuer=reader.value("MEDSCHED_GATEWAY_TOKEN_ISSUER"),
+            gateway_token_audience=reader.value("MEDSCHED_GATEWAY_TOKEN_AUDIENCE"),
+            gateway_token_leeway_s=int(reader.positive_float("MEDSCHED_GATEWAY_TOKEN_LEEWAY_S")),
+            gateway_dev_issuer_dir=reader.value("MEDSCHED_GATEWAY_DEV_ISSUER_DIR"),
+            gateway_cors_origins=reader.value("MEDSCHED_GATEWAY_CORS_ORIGINS"),
+            gateway_rate_limit=reader.non_negative_int("MEDSCHED_GATEWAY_RATE_LIMIT"),
+            gateway_max_body_bytes=reader.non_negative_int("MEDSCHED_GATEWAY_MAX_BODY_BYTES"),
+            gateway_backend_timeout_s=reader.positive_float("MEDSCHED_GATEWAY_BACKEND_TIMEOUT_S"),
+            gateway_descriptor_set=reader.value("MEDSCHED_GATEWAY_DESCRIPTOR_SET"),
         )
         reader.raise_if_invalid()
         return settings
@@ -166,14 +222,14 @@ class _Reader:
         default = _BY_NAME[name].default
         return self._env.get(name, default if default is not None else "").strip()
 
-    def required(self, name: str) -> str:
+    def required(self, name: str, *, needed: bool = True) -> str:
         value = self.value(name)
-        if not value:
+        if not value and needed:
             self.violation(name, "is required")
         return value
 
-    def url(self, name: str, schemes: tuple[str, ...]) -> str:
-        value = self.required(name)
+    def url(self, name: str, schemes: tuple[str, ...], *, required: bool = True) -> str:
+        value = self.required(name, needed=required)
         if value and urlsplit(value).scheme not in schemes:
             self.violation(name, f"must be a URL with scheme {' or '.join(schemes)}")
         return value
@@ -193,8 +249,8 @@ class _Reader:
             self.violation(name, "must be host:port (port 0 picks a free port)")
         return value
 
-    def key(self, name: str) -> bytes:
-        raw = self.required(name)
+    def key(self, name: str, *, needed: bool = True) -> bytes:
+        raw = self.required(name, needed=needed)
         if not raw:
             return b""
         try:
@@ -221,6 +277,13 @@ class _Reader:
         if number <= 0:
             self.violation(name, "must be a positive number")
         return number
+
+    def non_negative_int(self, name: str) -> int:
+        value = self.value(name)
+        if not value.isdigit():
+            self.violation(name, "must be a whole number >= 0")
+            return 0
+        return int(value)
 
     def service_addrs(self) -> dict[str, str]:
         raw = self.value("MEDSCHED_SERVICE_ADDRS")

@@ -263,6 +263,8 @@ def _component_env(component: Component, stack: Stack, service_addrs: str) -> di
         env["MEDSCHED_TLS_REQUIRE_CLIENT_CERT"] = "true"
     else:
         env["MEDSCHED_HTTP_LISTEN"] = address
+        # The development token issuer: `medsched token` mints tokens this gateway accepts.
+        env["MEDSCHED_GATEWAY_DEV_ISSUER_DIR"] = str(stack.data_dir / "dev-issuer")
     return env
 
 

@@ -1,0 +1,1 @@
+"""Integration tests of the REST gateway against real gRPC servers."""
