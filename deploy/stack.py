@@ -105,6 +105,7 @@ class Stack:
     env: dict[str, str]
     addresses: dict[str, str]
     infra: Infra | None
+    metrics: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def endpoints(self) -> dict[str, object]:
@@ -122,6 +123,7 @@ class Stack:
             "database_url": self.env["MEDSCHED_DATABASE_URL"],
             "nats_url": self.env["MEDSCHED_NATS_URL"],
             "redis_url": self.env["MEDSCHED_REDIS_URL"],
+            "metrics": {name: f"http://{addr}/metrics" for name, addr in self.metrics.items()},
             "logs": str(self.data_dir / "logs"),
         }
 
@@ -208,6 +210,8 @@ def start_stack(
         for component in components:
             port = _port_or_free(component.preferred_port)
             stack.addresses[component.name] = f"127.0.0.1:{port}"
+            if component.kind == "grpc":
+                stack.metrics[component.name] = f"127.0.0.1:{free_port()}"
         service_addrs = ",".join(
             f"{c.name}={stack.addresses[c.name]}" for c in components if c.kind == "grpc"
         )
@@ -261,6 +265,7 @@ def _component_env(component: Component, stack: Stack, service_addrs: str) -> di
     if component.kind == "grpc":
         env["MEDSCHED_GRPC_LISTEN"] = address
         env["MEDSCHED_TLS_REQUIRE_CLIENT_CERT"] = "true"
+        env["MEDSCHED_METRICS_LISTEN"] = stack.metrics[component.name]
     else:
         env["MEDSCHED_HTTP_LISTEN"] = address
         # The development token issuer: `medsched token` mints tokens this gateway accepts.

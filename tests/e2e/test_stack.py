@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +110,24 @@ def test_gateway_answers_health_over_https(running_stack: Stack) -> None:
         check_https_health(running_stack.addresses["gateway"], running_stack.pki, timeout_s=5)
     )
     assert healthy
+
+
+def test_every_service_serves_prometheus_metrics_with_rpc_series(running_stack: Stack) -> None:
+    # One real call, so the per-method series exists.
+    result = run_grpcurl(
+        running_stack, "-d", '{"service": ""}', running_stack.addresses["booking"],
+        "grpc.health.v1.Health/Check",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    endpoints = json.loads((running_stack.data_dir / "endpoints.json").read_text())
+    for service in EXPECTED_SERVICES:
+        with urllib.request.urlopen(endpoints["metrics"][service], timeout=5) as response:
+            body = response.read().decode()
+        assert "medsched_db_pool_size" in body, service
+    with urllib.request.urlopen(endpoints["metrics"]["booking"], timeout=5) as response:
+        body = response.read().decode()
+    assert "medsched_rpc_requests_total{" in body
+    assert "/grpc.health.v1.Health/Check" in body
 
 
 def test_endpoints_file_describes_the_running_stack(running_stack: Stack) -> None:
