@@ -8,17 +8,13 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from deploy.health import check_https_health
 from deploy.stack import COMPONENTS, Stack, start_stack
-from tests.conftest import Servers
 
 EXPECTED_SERVICES = {
     "availability": {
@@ -51,29 +47,6 @@ def run_grpcurl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         *args,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
-
-
-@pytest.fixture(scope="module")
-def running_stack(tmp_path_factory: pytest.TempPathFactory, stack: Servers) -> Iterator[Stack]:
-    """The whole system on the session's servers (the external-URL path of `up`)."""
-    name = f"stack_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(stack.admin_url(), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    environ = {
-        "MEDSCHED_DATABASE_URL": stack.url_for_database(name),
-        "MEDSCHED_NATS_URL": stack.nats_url,
-        "MEDSCHED_REDIS_URL": stack.redis_url,
-        "PATH": str(Path(sys.prefix) / "bin"),
-    }
-    started = start_stack(tmp_path_factory.mktemp("up"), environ=environ)
-    try:
-        yield started
-    finally:
-        started.stop()
-        with psycopg.connect(stack.admin_url(), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.mark.parametrize("service", sorted(EXPECTED_SERVICES))

@@ -1,0 +1,91 @@
+"""The README's grpcurl and curl examples work against a running `medsched up`.
+
+The shell blocks of the README's "Calling it" section are run as written, from a folder where
+`.medsched` is the running stack's data folder and `.venv` this environment, with only the
+ports rewritten to the ones the test stack got.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.stack import COMPONENTS, Stack
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+DEFAULT_PORTS = {c.name: c.preferred_port for c in COMPONENTS}
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def calling_it_blocks() -> list[str]:
+    text = README.read_text()
+    section = text.split("## Calling it", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+
+
+def with_real_ports(script: str, stack: Stack) -> str:
+    for name, port in DEFAULT_PORTS.items():
+        script = script.replace(f"127.0.0.1:{port}", stack.addresses[name])
+    return script
+
+
+def run_block(script: str, stack: Stack, workdir: Path) -> list[str]:
+    """Run a block line by line in one shell; return each command's stdout."""
+    marker = "__medsched_readme_output__"
+    # Echo a marker after every command so outputs can be told apart.
+    lines = []
+    for line in script.replace("\\\n", " ").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        lines.append(stripped)
+        if not re.match(r"^[A-Z_]+=", stripped):
+            lines.append(f"echo {marker}")
+    result = subprocess.run(
+        [BASH, "-euo", "pipefail", "-c", "\n".join(lines)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"README block failed:\n{script}\n{result.stderr}"
+    return [part.strip() for part in result.stdout.split(marker)[:-1]]
+
+
+@pytest.fixture(scope="module")
+def readme_workdir(running_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("readme")
+    (workdir / ".medsched").symlink_to(running_stack.data_dir)
+    (workdir / ".venv").symlink_to(Path(sys.prefix))
+    return workdir
+
+
+def test_readme_has_grpcurl_and_curl_examples() -> None:
+    blocks = "\n".join(calling_it_blocks())
+    assert "grpcurl" in blocks
+    assert "curl" in blocks
+    assert "/v1/availability" in blocks
+
+
+def test_every_readme_example_runs_and_answers_without_server_errors(
+    running_stack: Stack, readme_workdir: Path
+) -> None:
+    # The blocks are one terminal session: later ones use variables set by earlier ones.
+    session = "\n".join(calling_it_blocks())
+    outputs = run_block(with_real_ports(session, running_stack), running_stack, readme_workdir)
+    assert outputs, "no commands ran"
+    for output in outputs:
+        if not output.startswith("{"):
+            continue
+        document = json.loads(output)
+        status = document.get("status")
+        assert not (isinstance(status, int) and status >= 500), output[:300]
+    assert any('"SERVING"' in output for output in outputs)
+    assert any(output.startswith('{"openapi"') for output in outputs)
