@@ -73,6 +73,24 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MEDSCHED_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO"),
     Variable("MEDSCHED_OTLP_ENDPOINT", "optional OTLP endpoint for traces", ""),
     Variable("MEDSCHED_SHUTDOWN_GRACE_S", "seconds in-flight RPCs get on SIGTERM", "10"),
+    Variable(
+        "MEDSCHED_ELIGIBILITY_ROUTES",
+        "eligibility: payer routing table file (JSON or TOML); empty: no payer routed",
+        "",
+    ),
+    Variable(
+        "MEDSCHED_ELIGIBILITY_CACHE_TTL_S", "eligibility: how long answers are cached", "86400"
+    ),
+    Variable(
+        "MEDSCHED_ELIGIBILITY_PAYER_TIMEOUT_S",
+        "eligibility: longest a payer exchange may run (CORE real-time allows 20 s)",
+        "20",
+    ),
+    Variable(
+        "MEDSCHED_ELIGIBILITY_MAX_FLIGHTS",
+        "eligibility: payer exchanges running at once per process",
+        "512",
+    ),
     Variable("MEDSCHED_GATEWAY_JWKS_URL", "gateway: HTTPS URL of the OAuth issuer's JWKS", ""),
     Variable(
         "MEDSCHED_GATEWAY_TOKEN_ISSUER", "gateway: expected `iss` (needed with a JWKS URL)", ""
@@ -137,6 +155,10 @@ class Settings:
     log_level: str
     otlp_endpoint: str
     shutdown_grace_s: float
+    eligibility_routes: str
+    eligibility_cache_ttl_s: float
+    eligibility_payer_timeout_s: float
+    eligibility_max_flights: int
     gateway_jwks_url: str
     gateway_token_issuer: str
     gateway_token_audience: str
@@ -180,6 +202,12 @@ class Settings:
             log_level=reader.choice("MEDSCHED_LOG_LEVEL", _LOG_LEVELS),
             otlp_endpoint=reader.value("MEDSCHED_OTLP_ENDPOINT"),
             shutdown_grace_s=reader.positive_float("MEDSCHED_SHUTDOWN_GRACE_S"),
+            eligibility_routes=reader.existing_file("MEDSCHED_ELIGIBILITY_ROUTES"),
+            eligibility_cache_ttl_s=reader.positive_float("MEDSCHED_ELIGIBILITY_CACHE_TTL_S"),
+            eligibility_payer_timeout_s=reader.positive_float(
+                "MEDSCHED_ELIGIBILITY_PAYER_TIMEOUT_S"
+            ),
+            eligibility_max_flights=reader.non_negative_int("MEDSCHED_ELIGIBILITY_MAX_FLIGHTS"),
             gateway_jwks_url=reader.optional_url("MEDSCHED_GATEWAY_JWKS_URL", ("https", "http")),
             gateway_token_issuer=reader.value("MEDSCHED_GATEWAY_TOKEN_ISSUER"),
             gateway_token_audience=reader.value("MEDSCHED_GATEWAY_TOKEN_AUDIENCE"),
@@ -277,6 +305,12 @@ class _Reader:
         if number <= 0:
             self.violation(name, "must be a positive number")
         return number
+
+    def existing_file(self, name: str) -> str:
+        value = self.value(name)
+        if value and not Path(value).is_file():
+            self.violation(name, "file does not exist")
+        return value
 
     def non_negative_int(self, name: str) -> int:
         value = self.value(name)

@@ -40,7 +40,15 @@ class Component:
     kind: str = "grpc"  # "grpc" (health-checked over gRPC) or "http" (checked over HTTPS)
 
 
+# The payer simulator stands in for the clearinghouse: a separate HTTPS process speaking CAQH
+# CORE, reached by eligibility_svc through the routing table `up` writes for it.
+PAYER_SIMULATOR = Component("payer-sim", "eligibility_svc.payer_sim", 50060, kind="http")
+SIMULATED_PAYER_ID = "SIMPAYER"
+# A syntactically valid NPI (Luhn check digit) for the demo organization's 270s.
+DEMO_PROVIDER_NPI = "1234567893"
+
 COMPONENTS: tuple[Component, ...] = (
+    PAYER_SIMULATOR,
     Component("availability", "availability_svc.main", 50051),
     Component("booking", "booking_svc.main", 50052),
     Component("eligibility", "eligibility_svc.main", 50053),
@@ -112,6 +120,9 @@ class Stack:
         gateway = self.addresses.get("gateway")
         return {
             "gateway_url": f"https://{gateway}" if gateway else None,
+            "payer_simulator": (
+                f"https://{self.addresses['payer-sim']}" if "payer-sim" in self.addresses else None
+            ),
             "services": {
                 c.name: self.addresses[c.name]
                 for c in COMPONENTS
@@ -217,13 +228,17 @@ def start_stack(
         )
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        if "payer-sim" in stack.addresses:
+            env["MEDSCHED_ELIGIBILITY_ROUTES"] = str(
+                write_simulator_routes(data_dir, stack.addresses["payer-sim"], pki)
+            )
         for component in components:
             child_env = dict(os.environ if environ is None else environ)
             child_env.update(env)
             child_env.update(_component_env(component, stack, service_addrs))
             log = (logs / f"{component.name}.log").open("ab")
             stack.processes[component.name] = subprocess.Popen(
-                [sys.executable, "-m", component.module],
+                [sys.executable, "-m", component.module, *_component_args(component, stack)],
                 env=child_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -252,6 +267,58 @@ def start_stack(
     return stack
 
 
+def write_simulator_routes(data_dir: Path, address: str, pki: DevPki) -> Path:
+    """The payer routing table pointing eligibility_svc at the simulator (CORE over SOAP)."""
+    path = data_dir / "eligibility-routes.json"
+    routes = {
+        "payers": [
+            {
+                "payer_id": SIMULATED_PAYER_ID,
+                "endpoint": f"https://{address}/core/soap",
+                "transport": "soap",
+                "sender_id": "MEDSCHED",
+                "receiver_id": SIMULATED_PAYER_ID,
+                "username": "medsched",
+                "password_file": str(_simulator_password_file(data_dir)),
+                "payer_name": "SIMULATED HEALTH PLAN",
+                "payer_identifier": "SIM001",
+                "ca_file": str(pki.ca_cert),
+            }
+        ],
+        "organizations": [
+            {
+                "organization_id": "*",
+                "name": "MEDSCHED DEMO CLINIC",
+                "npi": DEMO_PROVIDER_NPI,
+                "time_zone": "America/New_York",
+            }
+        ],
+    }
+    path.write_text(json.dumps(routes, indent=2) + "\n")
+    return path
+
+
+def _simulator_password_file(data_dir: Path) -> Path:
+    """The CORE password shared by eligibility_svc and the simulator, made once (0600)."""
+    path = data_dir / "payer-sim-password"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(24))
+    return path
+
+
+def _component_args(component: Component, stack: Stack) -> list[str]:
+    if component is not PAYER_SIMULATOR:
+        return []
+    return [
+        "--listen", stack.addresses[component.name],
+        "--tls-cert", str(stack.pki.cert(component.name)),
+        "--tls-key", str(stack.pki.key(component.name)),
+        "--password-file", str(_simulator_password_file(stack.data_dir)),
+    ]  # fmt: skip
+
+
 def _component_env(component: Component, stack: Stack, service_addrs: str) -> dict[str, str]:
     address = stack.addresses[component.name]
     pki = stack.pki
@@ -266,7 +333,7 @@ def _component_env(component: Component, stack: Stack, service_addrs: str) -> di
         env["MEDSCHED_GRPC_LISTEN"] = address
         env["MEDSCHED_TLS_REQUIRE_CLIENT_CERT"] = "true"
         env["MEDSCHED_METRICS_LISTEN"] = stack.metrics[component.name]
-    else:
+    elif component is not PAYER_SIMULATOR:
         env["MEDSCHED_HTTP_LISTEN"] = address
         # The development token issuer: `medsched token` mints tokens this gateway accepts.
         env["MEDSCHED_GATEWAY_DEV_ISSUER_DIR"] = str(stack.data_dir / "dev-issuer")

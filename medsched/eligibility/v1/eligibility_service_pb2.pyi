@@ -30,7 +30,7 @@ class _EligibilityCheckViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     BASIC: _EligibilityCheckView.ValueType  # 1
     """Everything but the X12 bodies."""
     FULL: _EligibilityCheckView.ValueType  # 2
-    """Including the X12 270 and 271 bodies; audit role only."""
+    """Including the X12 270 and 271 bodies; administrators only."""
 
 class EligibilityCheckView(_EligibilityCheckView, metaclass=_EligibilityCheckViewEnumTypeWrapper):
     """How much of a check to return."""
@@ -40,7 +40,7 @@ ELIGIBILITY_CHECK_VIEW_UNSPECIFIED: EligibilityCheckView.ValueType  # 0
 BASIC: EligibilityCheckView.ValueType  # 1
 """Everything but the X12 bodies."""
 FULL: EligibilityCheckView.ValueType  # 2
-"""Including the X12 270 and 271 bodies; audit role only."""
+"""Including the X12 270 and 271 bodies; administrators only."""
 Global___EligibilityCheckView: _TypeAlias = EligibilityCheckView  # noqa: Y015
 
 @_typing.final

@@ -46,8 +46,9 @@ class EligibilityServiceStub:
       (or flagged for staff) when the late answer arrives.
     Every payer exchange is kept for audit with its X12 bodies encrypted.
 
-    Who may call: services (booking), and staff of the patient's organisation.
-    Patients may not call it directly.
+    Who may call: services (booking), administrators, staff of the patient's
+    organisation, and patients for their own checks only. Someone else's check
+    reads as `NOT_FOUND`. The `FULL` view is for administrators.
 
     Errors (`google.rpc.Status`, details from `google/rpc/error_details.proto`):
     - `INVALID_ARGUMENT` with `BadRequest.field_violations` for a malformed
@@ -89,8 +90,9 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
       (or flagged for staff) when the late answer arrives.
     Every payer exchange is kept for audit with its X12 bodies encrypted.
 
-    Who may call: services (booking), and staff of the patient's organisation.
-    Patients may not call it directly.
+    Who may call: services (booking), administrators, staff of the patient's
+    organisation, and patients for their own checks only. Someone else's check
+    reads as `NOT_FOUND`. The `FULL` view is for administrators.
 
     Errors (`google.rpc.Status`, details from `google/rpc/error_details.proto`):
     - `INVALID_ARGUMENT` with `BadRequest.field_violations` for a malformed
@@ -128,8 +130,9 @@ class EligibilityServiceServicer:
       (or flagged for staff) when the late answer arrives.
     Every payer exchange is kept for audit with its X12 bodies encrypted.
 
-    Who may call: services (booking), and staff of the patient's organisation.
-    Patients may not call it directly.
+    Who may call: services (booking), administrators, staff of the patient's
+    organisation, and patients for their own checks only. Someone else's check
+    reads as `NOT_FOUND`. The `FULL` view is for administrators.
 
     Errors (`google.rpc.Status`, details from `google/rpc/error_details.proto`):
     - `INVALID_ARGUMENT` with `BadRequest.field_violations` for a malformed
