@@ -207,8 +207,13 @@ def start_stack(
     components: Sequence[Component] = COMPONENTS,
     durable: bool = True,
     ready_timeout_s: float = 60.0,
+    demo_data: bool = True,
 ) -> Stack:
-    """Start everything `up` starts and return once every component reports SERVING."""
+    """Start everything `up` starts and return once every component reports SERVING.
+
+    `demo_data` seeds (or, when present, rolls forward) the small synthetic organization of
+    `medsched seed`, so search and the README's examples have schedules to work with.
+    """
     from common.migrations import migrate_all
 
     data_dir = data_dir.resolve()
@@ -218,6 +223,8 @@ def start_stack(
     stack = Stack(data_dir=data_dir, pki=pki, env=env, addresses={}, infra=infra)
     try:
         asyncio.run(migrate_all(env["MEDSCHED_DATABASE_URL"]))
+        if demo_data:
+            asyncio.run(seed_demo_organization(env["MEDSCHED_DATABASE_URL"]))
         for component in components:
             port = _port_or_free(component.preferred_port)
             stack.addresses[component.name] = f"127.0.0.1:{port}"
@@ -265,6 +272,20 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+async def seed_demo_organization(database_url: str) -> None:
+    from availability_svc.seed import seed_organization
+    from common.db import open_pool
+
+    pool = await open_pool(
+        database_url, min_size=1, max_size=4, name="medsched-up-seed", statement_timeout_ms=0
+    )
+    try:
+        summary = await seed_organization(pool)
+    finally:
+        await pool.close()
+    logger.info("demo organization ready", extra={"organization_id": summary.organization_id})
 
 
 def write_simulator_routes(data_dir: Path, address: str, pki: DevPki) -> Path:

@@ -116,7 +116,7 @@ def test_endpoints_file_describes_the_running_stack(running_stack: Stack) -> Non
 def test_embedded_stack_keeps_its_data_keys_and_ca_across_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     grpc_only = [c for c in COMPONENTS if c.name == "booking"]
-    first = start_stack(data_dir, environ={}, components=grpc_only, durable=True)
+    first = start_stack(data_dir, environ={}, components=grpc_only, demo_data=False)
     try:
         url = first.env["MEDSCHED_DATABASE_URL"]
         with psycopg.connect(url) as conn:
@@ -126,7 +126,7 @@ def test_embedded_stack_keeps_its_data_keys_and_ca_across_a_restart(tmp_path: Pa
         keys_before = first.env["MEDSCHED_ENCRYPTION_KEYS"]
     finally:
         first.stop()
-    second = start_stack(data_dir, environ={}, components=grpc_only, durable=True)
+    second = start_stack(data_dir, environ={}, components=grpc_only, demo_data=False)
     try:
         with psycopg.connect(second.env["MEDSCHED_DATABASE_URL"]) as conn:
             assert conn.execute("SELECT v FROM public.survives").fetchall() == [("kept",)]
