@@ -36,19 +36,13 @@ def with_real_ports(script: str, stack: Stack) -> str:
 
 
 def run_block(script: str, stack: Stack, workdir: Path) -> list[str]:
-    """Run a block line by line in one shell; return each command's stdout."""
+    """Run a block in one shell as written; return what each command printed."""
     marker = "__medsched_readme_output__"
-    # Echo a marker after every command so outputs can be told apart.
-    lines = []
-    for line in script.replace("\\\n", " ").splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        lines.append(stripped)
-        if not re.match(r"^[A-Z_]+=", stripped):
-            lines.append(f"echo {marker}")
+    # A DEBUG trap prints a marker before every command, so outputs can be told apart
+    # however the README breaks its commands over lines.
+    prelude = f"trap 'echo {marker}' DEBUG\n"
     result = subprocess.run(
-        [BASH, "-euo", "pipefail", "-c", "\n".join(lines)],
+        [BASH, "-euo", "pipefail", "-c", prelude + script],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -56,7 +50,7 @@ def run_block(script: str, stack: Stack, workdir: Path) -> list[str]:
         check=False,
     )
     assert result.returncode == 0, f"README block failed:\n{script}\n{result.stderr}"
-    return [part.strip() for part in result.stdout.split(marker)[:-1]]
+    return [part.strip() for part in result.stdout.split(marker) if part.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -87,5 +81,15 @@ def test_every_readme_example_runs_and_answers_without_server_errors(
         document = json.loads(output)
         status = document.get("status")
         assert not (isinstance(status, int) and status >= 500), output[:300]
+    documents = [json.loads(o) for o in outputs if o.startswith("{")]
     assert any('"SERVING"' in output for output in outputs)
-    assert any(output.startswith('{"openapi"') for output in outputs)
+    assert any(d.get("openapi", "").startswith("3.1") for d in documents)
+    searches = [d for d in documents if "slots" in d]
+    assert searches, "no search answered"
+    assert len(searches[0]["slots"]) == 20
+    assert all(s["provider"]["specialties"] == ["cardiology"] for s in searches[0]["slots"])
+    problems = [d for d in documents if d.get("status") == 400]
+    assert [e["field"] for e in problems[0]["errors"]] == ["radius"]
+    checks = [d for d in documents if "checkId" in d]
+    assert checks
+    assert checks[0]["status"] == "ACTIVE"
