@@ -28,7 +28,7 @@ from common.crypto import (
     field_context,
     normalize_identifier,
 )
-from eligibility_svc.domain import CheckCommand, Outcome, decode_outcome, encode_outcome
+from eligibility_svc.domain import CheckCommand, EncodedOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -70,40 +70,32 @@ class EligibilityCache:
         self._prefix = prefix
         self._release = redis.register_script(_RELEASE)
 
-    def keys_for(self, command: CheckCommand, service_date: str) -> CacheKeys:
-        """Keys for `command`: the answer is per (patient, payer, member id, service type),
-        as the contract promises; the exchange also depends on the date of service."""
-        question = _SEPARATOR.join(
-            (
-                command.patient_id,
-                command.payer_id,
-                normalize_identifier(command.member_id),
-                command.service_type,
-            )
-        )
-        answer = self._index.digest(question, purpose="eligibility.answer").hex()
+    def answer_key(self, command: CheckCommand) -> str:
+        """Where `command`'s answer is cached: per (patient, payer, member id, service type),
+        as the contract promises."""
+        digest = self._index.digest(_question(command), purpose="eligibility.answer").hex()
+        return f"{self._prefix}:answer:{digest}"
+
+    def keys_for(self, command: CheckCommand, service_date: str, answer_key: str) -> CacheKeys:
+        """The keys a cache miss needs: `answer_key` (from `answer_key()`) plus the exchange
+        lock and result, which also depend on the date of service (a hit never digests it)."""
         exchange = self._index.digest(
-            question + _SEPARATOR + service_date, purpose="eligibility.exchange"
+            _question(command) + _SEPARATOR + service_date, purpose="eligibility.exchange"
         ).hex()
         return CacheKeys(
-            answer=f"{self._prefix}:answer:{answer}",
+            answer=answer_key,
             lock=f"{self._prefix}:lock:{exchange}",
             result=f"{self._prefix}:result:{exchange}",
         )
 
-    async def get(self, key: str) -> Outcome | None:
+    async def get(self, key: str) -> EncodedOutcome | None:
+        """The cached answer under `key`, with the bytes it was encoded to."""
         try:
             sealed = await self._redis.get(key)
         except (RedisError, OSError) as e:
             logger.warning("eligibility cache read failed", extra={"error": type(e).__name__})
             return None
         return None if sealed is None else self._open(key, sealed)
-
-    async def put(self, key: str, outcome: Outcome, ttl_s: float) -> None:
-        try:
-            await self._redis.set(key, self._seal(key, outcome), px=max(1, int(ttl_s * 1000)))
-        except (RedisError, OSError) as e:
-            logger.warning("eligibility cache write failed", extra={"error": type(e).__name__})
 
     async def try_lock(self, keys: CacheKeys, token: str, ttl_s: float) -> bool:
         """Take the exchange lock; True also when Redis cannot be reached (see the module)."""
@@ -114,7 +106,7 @@ class EligibilityCache:
             return True
         return bool(taken)
 
-    async def peek(self, keys: CacheKeys) -> tuple[Outcome | None, bool]:
+    async def peek(self, keys: CacheKeys) -> tuple[EncodedOutcome | None, bool]:
         """(the published outcome, whether the lock is still held), in one round trip."""
         try:
             sealed, holder = await self._redis.mget(keys.result, keys.lock)
@@ -128,7 +120,7 @@ class EligibilityCache:
         self,
         keys: CacheKeys,
         token: str,
-        outcome: Outcome,
+        answer: EncodedOutcome,
         *,
         result_ttl_s: float,
         answer_ttl_s: float | None,
@@ -136,11 +128,11 @@ class EligibilityCache:
         """Share the outcome with waiting processes, cache it if `answer_ttl_s`, unlock."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.result, self._seal(keys.result, outcome), px=int(result_ttl_s * 1000))
+                pipe.set(keys.result, self._seal(keys.result, answer), px=int(result_ttl_s * 1000))
                 if answer_ttl_s is not None:
                     pipe.set(
                         keys.answer,
-                        self._seal(keys.answer, outcome),
+                        self._seal(keys.answer, answer),
                         px=max(1, int(answer_ttl_s * 1000)),
                     )
                 await pipe.execute()
@@ -148,19 +140,30 @@ class EligibilityCache:
         except (RedisError, OSError) as e:
             logger.warning("eligibility cache publish failed", extra={"error": type(e).__name__})
 
-    def _seal(self, key: str, outcome: Outcome) -> bytes:
-        return self._cipher.encrypt(encode_outcome(outcome), context=_context(key))
+    def _seal(self, key: str, answer: EncodedOutcome) -> bytes:
+        return self._cipher.encrypt(answer.data, context=_context(key))
 
-    def _open(self, key: str, sealed: bytes | str) -> Outcome | None:
+    def _open(self, key: str, sealed: bytes | str) -> EncodedOutcome | None:
         if isinstance(sealed, str):
             # Only a client configured with decode_responses returns text; ours never is.
             return None
         try:
-            return decode_outcome(self._cipher.decrypt(sealed, context=_context(key)))
+            return EncodedOutcome.decode(self._cipher.decrypt(sealed, context=_context(key)))
         except (DecryptionError, ValueError) as e:
             # A value from a retired key or an older format: ask the payer instead.
             logger.warning("eligibility cache value unreadable", extra={"error": type(e).__name__})
             return None
+
+
+def _question(command: CheckCommand) -> str:
+    return _SEPARATOR.join(
+        (
+            command.patient_id,
+            command.payer_id,
+            normalize_identifier(command.member_id),
+            command.service_type,
+        )
+    )
 
 
 def _context(key: str) -> bytes:

@@ -396,6 +396,25 @@ def wait_seconds(
 # --- serialization (cache values and stored results; encrypted by the caller) ---------------
 
 
+@dataclass(frozen=True)
+class EncodedOutcome:
+    """An outcome with its `encode_outcome` bytes: one outcome stored in several places (the
+    cache, the flight's result, every check it answers) is encoded once, and a cached
+    answer's bytes are reused for the check it answers instead of being encoded again."""
+
+    outcome: Outcome
+    data: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> EncodedOutcome:
+        return cls(outcome, encode_outcome(outcome))
+
+    @classmethod
+    def decode(cls, data: bytes) -> EncodedOutcome:
+        """From stored bytes; ValueError when they are not an encoded outcome."""
+        return cls(decode_outcome(data), data)
+
+
 def encode_outcome(outcome: Outcome) -> bytes:
     """Compact JSON of an outcome; amounts and dates as text so nothing is rounded."""
     return json.dumps(_plain(outcome), separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -13,11 +13,19 @@ A check, in order:
 5. when the flight ends, one transaction closes the exchange's audit row, writes the final
    state of every check that joined it and adds one `EligibilityVerified` event per check.
 
-A check row is written (PENDING) while the payer is being asked, not after, so the id
-handed out with a PENDING answer can always be read back. The flight closes itself to new
-joiners *before* it waits for their rows and completes them: no check can join after the
-completing UPDATE and stay PENDING forever. A process that stops mid-flight leaves rows
-PENDING; `sweep()` (run periodically) closes them as timed out, with their events.
+Every check's row is committed before the caller gets its answer, so any check id handed
+out can be read back (`get`) at once and a crash right after answering loses no record.
+A cache hit is not a payer exchange (nothing was sent to or received from a payer): it
+writes no exchange row and no event, only its check row, which names the audited exchange
+its answer came from. That row is one INSERT in autocommit: one round trip instead of
+BEGIN, INSERT and COMMIT, with the same synchronous commit. A live check's row is written
+(PENDING) while the payer is being asked, not after, so the id handed out with a PENDING
+answer can always be read back.
+
+The flight closes itself to new joiners *before* it waits for their rows and completes
+them: no check can join after the completing UPDATE and stay PENDING forever. A process
+that stops mid-flight leaves rows PENDING; `sweep()` (run periodically) closes them as
+timed out, with their events.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
+
+from psycopg.pq import TransactionStatus
 
 from common.auth import Principal, Role, can_access_patient
 from common.crypto import BlindIndex, FieldCipher
@@ -55,12 +65,12 @@ from eligibility_svc.domain import (
     Check,
     CheckCommand,
     CheckStatus,
+    EncodedOutcome,
     ErrorKind,
     Outcome,
     Source,
     cached_answer_usable,
     decode_outcome,
-    encode_outcome,
     failed,
     wait_seconds,
 )
@@ -179,11 +189,11 @@ class EligibilityService:
             plan_id=command.plan_id,
             appointment_id=command.appointment_id,
         )
-        keys = self._cache.keys_for(command, service_date.isoformat())
+        answer_key = self._cache.answer_key(command)
         if command.max_cache_age_s is None or command.max_cache_age_s > 0:
-            cached = await self._cache.get(keys.answer)
+            cached = await self._cache.get(answer_key)
             if cached is not None and cached_answer_usable(
-                cached, now, command.max_cache_age_s, self._config.cache_ttl_s
+                cached.outcome, now, command.max_cache_age_s, self._config.cache_ttl_s
             ):
                 return await self._record_final(row, cached, Source.CACHE)
         route = self._routes.route(command.payer_id)
@@ -191,11 +201,12 @@ class EligibilityService:
             unknown = failed(
                 ErrorKind.UNKNOWN_PAYER, "no route to this payer is configured", retryable=False
             )
-            return await self._record_final(row, unknown, None)
+            return await self._record_final(row, EncodedOutcome.of(unknown), None)
         if provider is None:
             raise FailedPrecondition(
                 "the organisation has no provider identity in the eligibility routing table"
             )
+        keys = self._cache.keys_for(command, service_date.isoformat(), answer_key)
         flight = self._join(keys, command, route, provider, service_date)
         return await self._wait(flight, row, answer_by)
 
@@ -248,21 +259,22 @@ class EligibilityService:
         return _check_of(row, outcome.status, Source.PAYER, outcome)
 
     async def _insert_pending(self, row: store.CheckRow) -> None:
-        async with self._pool.connection() as conn:
+        async with _single_statement(self._pool) as conn:
             await store.insert_pending(conn, row)
 
     async def _record_final(
-        self, row: store.CheckRow, outcome: Outcome, source: Source | None
+        self, row: store.CheckRow, answer: EncodedOutcome, source: Source | None
     ) -> Check:
-        completion = self._completion(row.check_id, outcome, source)
-        async with self._pool.connection() as conn:
+        completion = self._completion(row.check_id, answer, source)
+        async with _single_statement(self._pool) as conn:
             await store.insert_completed(conn, row, completion)
-        return _check_of(row, outcome.status, source, outcome)
+        return _check_of(row, answer.outcome.status, source, answer.outcome)
 
     def _completion(
-        self, check_id: str, outcome: Outcome, source: Source | None, encoded: bytes | None = None
+        self, check_id: str, answer: EncodedOutcome, source: Source | None
     ) -> store.Completion:
-        """The final state of a check; `encoded` saves re-encoding one outcome per check."""
+        """The final state of a check: `answer`'s bytes sealed to this check's row."""
+        outcome = answer.outcome
         return store.Completion(
             check_id=check_id,
             status=outcome.status.value,
@@ -272,8 +284,7 @@ class EligibilityService:
             error_kind=None if outcome.error is None else outcome.error.kind.value,
             exchange_id=outcome.exchange_id,
             sealed_outcome=self._cipher.encrypt(
-                encoded if encoded is not None else encode_outcome(outcome),
-                context=store.outcome_context(check_id),
+                answer.data, context=store.outcome_context(check_id)
             ),
         )
 
@@ -295,17 +306,19 @@ class EligibilityService:
     ) -> None:
         end: store.ExchangeEnd | None = None
         try:
-            outcome, end = await self._ask(keys, route, inquiry, exchange_id, service_type)
+            answer, end = await self._ask(keys, route, inquiry, exchange_id, service_type)
         except Exception as e:
             # A bug or a lost database: the checks still get a definite answer.
             logger.error(
                 "eligibility flight failed",
                 extra={"exchange_id": exchange_id, "error_type": type(e).__name__},
             )
-            outcome = failed(
-                ErrorKind.PAYER_UNAVAILABLE,
-                "the exchange failed inside medsched; ask again",
-                retryable=True,
+            answer = EncodedOutcome.of(
+                failed(
+                    ErrorKind.PAYER_UNAVAILABLE,
+                    "the exchange failed inside medsched; ask again",
+                    retryable=True,
+                )
             )
         # Closed to joiners before waiting for their rows: whoever joined so far is completed
         # below, whoever comes later starts a new flight (and will find the cache filled).
@@ -314,14 +327,14 @@ class EligibilityService:
             del self._flights[flight.key]
         await asyncio.gather(*flight.inserts, return_exceptions=True)
         try:
-            await self._complete(flight.check_ids, outcome, exchange_id, end)
+            await self._complete(flight.check_ids, answer, exchange_id, end)
         except Exception as e:
             logger.error(
                 "eligibility checks could not be completed; the sweeper will close them",
                 extra={"exchange_id": exchange_id, "error_type": type(e).__name__},
             )
         if not flight.done.done():
-            flight.done.set_result(outcome)
+            flight.done.set_result(answer.outcome)
 
     async def _ask(
         self,
@@ -330,7 +343,7 @@ class EligibilityService:
         inquiry: Inquiry,
         exchange_id: str,
         service_type: str,
-    ) -> tuple[Outcome, store.ExchangeEnd | None]:
+    ) -> tuple[EncodedOutcome, store.ExchangeEnd | None]:
         payer_timeout = self._config.payer_timeout_s
         locked = await self._cache.try_lock(keys, exchange_id, payer_timeout + _LOCK_SLACK_S)
         if not locked:
@@ -338,7 +351,8 @@ class EligibilityService:
             if shared is not None:
                 return shared, None
         started_at = self._clock()
-        async with self._pool.connection() as conn:
+        # Committed before the 270 leaves: every exchange sent is on record, even if we die.
+        async with _single_statement(self._pool) as conn:
             await store.insert_exchange(
                 conn,
                 exchange_id=exchange_id,
@@ -356,32 +370,36 @@ class EligibilityService:
             deadline=self._monotonic() + payer_timeout,
         )
         received_at = self._clock()
-        outcome = outcome_of(result, service_type, exchange_id=exchange_id, received_at=received_at)
-        cacheable = outcome.status in CACHEABLE_STATUSES
+        answer = EncodedOutcome.of(
+            outcome_of(result, service_type, exchange_id=exchange_id, received_at=received_at)
+        )
+        cacheable = answer.outcome.status in CACHEABLE_STATUSES
         await self._cache.publish(
             keys,
             exchange_id,
-            outcome,
+            answer,
             result_ttl_s=self._config.flight_result_ttl_s,
             answer_ttl_s=self._config.cache_ttl_s if cacheable else None,
         )
-        return outcome, self._exchange_end(exchange_id, result, received_at)
+        return answer, self._exchange_end(exchange_id, result, received_at)
 
-    async def _await_other_process(self, keys: CacheKeys) -> Outcome | None:
+    async def _await_other_process(self, keys: CacheKeys) -> EncodedOutcome | None:
         """The outcome another process's exchange publishes; None if it ends without one."""
         give_up = self._monotonic() + self._config.payer_timeout_s + _LOCK_SLACK_S
         while self._monotonic() < give_up:
-            outcome, held = await self._cache.peek(keys)
-            if outcome is not None:
-                return outcome
+            published, held = await self._cache.peek(keys)
+            if published is not None:
+                return published
             if not held:
                 # The holder released without publishing (or crashed and its lock expired).
                 return None
             await asyncio.sleep(self._config.lock_poll_s)
-        return failed(
-            ErrorKind.PAYER_TIMEOUT,
-            "another replica's exchange with the payer did not finish in time",
-            retryable=True,
+        return EncodedOutcome.of(
+            failed(
+                ErrorKind.PAYER_TIMEOUT,
+                "another replica's exchange with the payer did not finish in time",
+                retryable=True,
+            )
         )
 
     def _exchange_end(
@@ -405,12 +423,12 @@ class EligibilityService:
     async def _complete(
         self,
         check_ids: list[str],
-        outcome: Outcome,
+        answer: EncodedOutcome,
         exchange_id: str,
         end: store.ExchangeEnd | None,
     ) -> None:
-        encoded = encode_outcome(outcome)
-        completions = [self._completion(c, outcome, Source.PAYER, encoded) for c in check_ids]
+        completions = [self._completion(c, answer, Source.PAYER) for c in check_ids]
+        outcome = answer.outcome
         async with self._pool.connection() as conn, conn.transaction():
             if end is not None:
                 await store.finish_exchange(conn, exchange_id, end)
@@ -485,18 +503,19 @@ class EligibilityService:
         """Close checks and exchanges left unfinished by a stopped process; return checks closed."""
         now = self._clock()
         cutoff = now - timedelta(seconds=self._config.payer_timeout_s + _ABANDON_SLACK_S)
-        outcome = failed(
-            ErrorKind.PAYER_TIMEOUT,
-            "the process asking the payer stopped before an answer arrived",
-            retryable=True,
-        )
         async with self._pool.connection() as conn:
             stale = await store.stale_pending(conn, cutoff, _SWEEP_BATCH)
             await store.abandon_exchanges(conn, cutoff, now)
         if not stale:
             return 0
-        encoded = encode_outcome(outcome)
-        completions = [self._completion(c, outcome, None, encoded) for c in stale]
+        answer = EncodedOutcome.of(
+            failed(
+                ErrorKind.PAYER_TIMEOUT,
+                "the process asking the payer stopped before an answer arrived",
+                retryable=True,
+            )
+        )
+        completions = [self._completion(c, answer, None) for c in stale]
         async with self._pool.connection() as conn, conn.transaction():
             completed = await store.complete_pending(conn, completions)
             await self._add_events(conn, completed, CheckStatus.ERROR, None)
@@ -526,6 +545,26 @@ class EligibilityService:
     @property
     def flights_in_progress(self) -> int:
         return len(self._flights)
+
+
+@contextlib.asynccontextmanager
+async def _single_statement(pool: Pool) -> AsyncIterator[Connection]:
+    """A pooled connection in autocommit, for one statement that is its own transaction.
+
+    Pool connections run with autocommit off, where psycopg sends BEGIN, the statement and
+    COMMIT as three round trips; in autocommit the statement commits in one, as durably.
+    Autocommit is a client-side flag (setting it sends nothing). It is switched off again
+    before the connection goes back to the pool, whose other users expect transactions.
+    A connection that is not IDLE by then is closed (psycopg closes one whose cancelled
+    query would not stop), and the pool replaces closed connections instead of lending them.
+    """
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            if conn.info.transaction_status == TransactionStatus.IDLE:
+                await conn.set_autocommit(False)
 
 
 def _authorize(principal: Principal, patient_id: str, organization_id: str) -> None:

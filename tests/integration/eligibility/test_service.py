@@ -5,16 +5,18 @@ authorization and the sweeper."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
+import psycopg
 import pytest
 
 from common.auth import Principal, Role
-from common.crypto import BlindIndex
+from common.crypto import BlindIndex, field_context
 from common.errors import NotFound, PermissionDenied
 from deploy.certs import DevPki
 from eligibility_svc import store
@@ -101,6 +103,77 @@ async def test_second_check_is_answered_from_the_cache_without_calling_the_payer
     assert first.age(later) == timedelta(0)
     # Only the live exchange announces itself.
     assert [e.eligibility_verified.check_id for e in await events(harness)] == [first.check_id]
+
+
+async def test_a_cache_hit_is_on_record_before_it_is_answered(harness: Harness) -> None:
+    await harness.service.check(command(), BOOKING, deadline=soon())
+    hit = await harness.service.check(command(appointment_id="appt-2"), BOOKING, deadline=soon())
+    assert hit.source is Source.CACHE
+
+    # Read back at once, from the row alone: written and committed before the answer.
+    stored = await harness.service.get(hit.check_id, STAFF, full=False)
+    assert stored.check == hit
+    async with harness.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT c.status, c.source, c.exchange_id, c.outcome, e.exchange_id IS NOT NULL"
+            " FROM eligibility.checks AS c LEFT JOIN eligibility.exchanges AS e"
+            " ON e.exchange_id = c.exchange_id WHERE c.check_id = %s",
+            (uuid.UUID(hit.check_id),),
+        )
+        status, source, exchange_id, sealed, exchange_kept = await cursor.fetchone() or ()
+        cursor = await conn.execute("SELECT count(*) FROM eligibility.exchanges")
+        assert await cursor.fetchone() == (1,)
+    assert (status, source) == ("ACTIVE", "CACHE")
+    # The hit points at the audited exchange its answer came from, and adds none of its own.
+    assert hit.outcome is not None
+    assert str(exchange_id) == hit.outcome.exchange_id
+    assert exchange_kept
+    # The row holds exactly the bytes the cache held, sealed to this check.
+    (answer_key,) = [k async for k in harness.redis.scan_iter(match=f"{harness.prefix}:answer:*")]
+    digest = _bytes(answer_key).decode().rsplit(":", 1)[-1]
+    cached = harness.cipher.decrypt(
+        _bytes(await harness.redis.get(answer_key)),
+        context=field_context("eligibility.cache.answer", digest),
+    )
+    stored_outcome = harness.cipher.decrypt(
+        bytes(sealed), context=store.outcome_context(hit.check_id)
+    )
+    assert stored_outcome == cached
+
+
+async def test_failed_check_write_returns_its_connection_ready_for_transactions(
+    harness: Harness,
+) -> None:
+    await harness.service.check(command(), BOOKING, deadline=soon())
+    async with harness.pool.connection() as conn:
+        await conn.execute(
+            "ALTER TABLE eligibility.checks ADD CONSTRAINT test_no_cache_rows"
+            " CHECK (source IS DISTINCT FROM 'CACHE')"
+        )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await harness.service.check(command(appointment_id="appt-2"), BOOKING, deadline=soon())
+    after_failed_hit = await _idle_connections_in_transaction_mode(harness)
+    await harness.service.check(command(max_cache_age_s=0), BOOKING, deadline=soon())
+
+    assert after_failed_hit
+    assert await _idle_connections_in_transaction_mode(harness)
+    # Transaction mode really holds: a rolled-back write leaves nothing behind.
+    async with harness.pool.connection() as conn:
+        await conn.execute("DELETE FROM eligibility.checks")
+        await conn.rollback()
+        cursor = await conn.execute("SELECT count(*) FROM eligibility.checks")
+        assert await cursor.fetchone() == (2,)
+
+
+async def _idle_connections_in_transaction_mode(harness: Harness) -> bool:
+    """Whether every idle pooled connection has autocommit off, as the pool hands them out."""
+    idle = harness.pool.get_stats().get("pool_available", 0)
+    assert idle > 0
+    async with contextlib.AsyncExitStack() as stack:
+        connections = [
+            await stack.enter_async_context(harness.pool.connection()) for _ in range(idle)
+        ]
+        return all(not conn.autocommit for conn in connections)
 
 
 async def test_zero_max_cache_age_always_asks_the_payer(harness: Harness) -> None:

@@ -13,6 +13,7 @@ from eligibility_svc.domain import (
     CheckError,
     CheckStatus,
     CoverageState,
+    EncodedOutcome,
     ErrorKind,
     Outcome,
     PersonInput,
@@ -122,6 +123,23 @@ def test_outcome_survives_encoding_exactly() -> None:
     assert decode_outcome(encode_outcome(error)).error == CheckError(
         ErrorKind.PAYER_TIMEOUT, "slow", True
     )
+
+
+def test_encoded_outcome_keeps_the_bytes_it_was_read_from() -> None:
+    outcome = Outcome(
+        CheckStatus.INACTIVE,
+        plan=Plan("GOLD", "G1", "ACME", "PR", None, date(2025, 12, 31)),
+        responded_at=NOW,
+        exchange_id="e2",
+    )
+    written = EncodedOutcome.of(outcome)
+    assert written.data == encode_outcome(outcome)
+    read = EncodedOutcome.decode(written.data)
+    assert read.outcome == outcome
+    assert read.data is written.data
+    assert "GOLD" not in repr(read)
+    with pytest.raises(ValueError, match="not an encoded outcome"):
+        EncodedOutcome.decode(b'{"status": "ACTIVE"}')
 
 
 def test_undecodable_data_is_a_value_error_without_content() -> None:
