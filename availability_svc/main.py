@@ -1,48 +1,96 @@
-"""Composition root of the availability service: settings, dependencies, gRPC, graceful stop."""
+"""Composition root of the availability service: settings, dependencies, gRPC, graceful stop.
+
+Start order (see `common.runtime.run_service`): the gRPC server answers at once with health
+NOT_SERVING; the database, NATS and the relay of this schema's outbox come up; `on_ready`
+builds the search index from a database snapshot and starts consuming slot events; only then
+does health report SERVING. Until the index is built, searches answer UNAVAILABLE.
+"""
 
 from __future__ import annotations
 
+import gc
+from datetime import UTC, datetime
+
+from availability_svc.admin_server import admin_registration
+from availability_svc.projection import IndexBackend, Projection
+from availability_svc.search_server import SEARCH_SERVICE, search_registration
+from availability_svc.search_service import (
+    AvailabilityQuery,
+    Catalog,
+    OfferPage,
+    SearchService,
+)
+from common.errors import DependencyUnavailable
 from common.grpc_server import Registration, run
 from common.runtime import Needs, Runtime, run_service
 from common.settings import Settings
-from medsched.availability.v1 import (
-    availability_service_pb2,
-    availability_service_pb2_grpc,
-    schedule_admin_service_pb2,
-    schedule_admin_service_pb2_grpc,
-)
+
+__all__ = ["SEARCH_SERVICE", "SearchReadModel", "main", "registrations"]
 
 SERVICE = "availability"
-NEEDS = Needs(database=True, nats=True)
-SEARCH_SERVICE = availability_service_pb2.DESCRIPTOR.services_by_name[
-    "AvailabilityService"
-].full_name
-ADMIN_SERVICE = schedule_admin_service_pb2.DESCRIPTOR.services_by_name[
-    "ScheduleAdminService"
-].full_name
+SCHEMA = "availability"
+# The relay publishes what schedule administration and materialization write to this
+# schema's outbox (slot events included); searches need no pool connection of their own.
+NEEDS = Needs(database=True, nats=True, outbox_schema=SCHEMA)
 
 
-def registrations(runtime: Runtime) -> list[Registration]:
-    # The generated base servicers answer UNIMPLEMENTED for every method: the contracts are
-    # served (reflection, health, REST transcoding) while the implementation is issue #3.
-    return [
-        Registration.of(
-            availability_service_pb2_grpc.add_AvailabilityServiceServicer_to_server,
-            availability_service_pb2_grpc.AvailabilityServiceServicer(),
-            SEARCH_SERVICE,
-            public_methods=("SearchAvailability",),
-        ),
-        Registration.of(
-            schedule_admin_service_pb2_grpc.add_ScheduleAdminServiceServicer_to_server,
-            schedule_admin_service_pb2_grpc.ScheduleAdminServiceServicer(),
-            ADMIN_SERVICE,
-        ),
-    ]
+class SearchReadModel:
+    """This process's search read model: empty until `start` has built it."""
+
+    def __init__(self) -> None:
+        self.projection: Projection | None = None
+
+    def _built(self) -> Projection:
+        projection = self.projection
+        if projection is None or not projection.ready:
+            raise DependencyUnavailable("the search index is being built; retry shortly")
+        return projection
+
+    async def search(self, query: AvailabilityQuery) -> OfferPage:
+        return IndexBackend(self._built()).search_now(query)
+
+    def catalog(self) -> Catalog:
+        return self._built().catalog()
+
+    def index_time(self) -> datetime | None:
+        projection = self.projection
+        return None if projection is None else projection.index_time
+
+    async def start(self, runtime: Runtime) -> None:
+        """Build the index from a snapshot, then keep it current (stopped at shutdown)."""
+        projection = Projection(runtime.pool, runtime.jetstream)
+        await projection.build()
+        # The index and reference data are long-lived: moving them out of the collector's
+        # reach keeps full collections (tens of milliseconds at full scale, stalling every
+        # search in flight) down to what requests allocate.
+        gc.collect()
+        gc.freeze()
+        await projection.start()
+        runtime.on_close(projection.stop)
+        self.projection = projection
+
+
+def registrations(runtime: Runtime, read_model: SearchReadModel) -> list[Registration]:
+    service = SearchService(
+        read_model,
+        catalog=read_model.catalog,
+        clock=lambda: datetime.now(UTC),
+        freshness=read_model.index_time,
+    )
+    return [search_registration(service), admin_registration(runtime)]
 
 
 def main() -> None:
     settings = Settings.from_env(SERVICE)
-    run(run_service(settings, NEEDS, registrations))
+    read_model = SearchReadModel()
+    run(
+        run_service(
+            settings,
+            NEEDS,
+            lambda runtime: registrations(runtime, read_model),
+            on_ready=read_model.start,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -120,10 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands owned by service packages."""
     from availability_svc.cli import add_availability_commands
+    from availability_svc.search_cli import add_search_commands
     from eligibility_svc.x12.cli import add_x12_commands
     from gateway.cli import add_token_command
 
     add_availability_commands(sub)
+    add_search_commands(sub)
     add_x12_commands(sub)
     add_token_command(sub)
 
