@@ -84,12 +84,15 @@ def test_every_readme_example_runs_and_answers_without_server_errors(
     documents = [json.loads(o) for o in outputs if o.startswith("{")]
     assert any('"SERVING"' in output for output in outputs)
     assert any(d.get("openapi", "").startswith("3.1") for d in documents)
-    searches = [d for d in documents if "slots" in d]
+    # grpcurl prints proto field names (snake_case), the gateway canonical JSON (camelCase).
+    searches = [d for d in documents if "slots" in d and "indexTime" in d]
     assert searches, "no search answered"
     assert len(searches[0]["slots"]) == 20
     assert all(s["provider"]["specialties"] == ["cardiology"] for s in searches[0]["slots"])
     problems = [d for d in documents if d.get("status") == 400]
     assert [e["field"] for e in problems[0]["errors"]] == ["radius"]
-    checks = [d for d in documents if "checkId" in d]
-    assert checks
-    assert checks[0]["status"] == "ACTIVE"
+    grpc_searches = [d for d in documents if "slots" in d and "index_time" in d]
+    assert grpc_searches, "the grpcurl search printed nothing"
+    assert len(grpc_searches[0]["slots"]) == 3
+    statuses = [d.get("status") for d in documents if "checkId" in d or "check_id" in d]
+    assert statuses == ["INACTIVE", "ACTIVE"]
