@@ -11,11 +11,11 @@ half. This module does the same work in a few seconds:
   event is its scalar fields, serialized by the generated class, followed by the granule
   entries; each distinct (start, version) entry is serialized once by the generated `Granule`
   class and reused, since at full scale every provider's 08:00 on a date is the same bytes.
-- `OutboxBatchWriter` reserves each aggregate's sequence numbers with one statement (the same
-  row lock on `outbox_aggregates` that `add_event` takes, so per-aggregate order and gap-free
-  numbering hold) and writes the rows with one binary COPY, envelopes included, so each
-  envelope can carry its `aggregate_sequence`. The relay cannot tell these rows from
-  `add_event`'s.
+- `OutboxBatchWriter` reserves each aggregate's sequence numbers with one statement
+  (`common.outbox.reserve_sequences`: the same row lock on `outbox_aggregates` that
+  `add_event` takes, so per-aggregate order and gap-free numbering hold) and writes the rows
+  with one binary COPY, envelopes included, so each envelope can carry its
+  `aggregate_sequence`. The relay cannot tell these rows from `add_event`'s.
 
 `tests/unit/availability/admin/test_event_batch.py` checks the bytes parse to the messages
 built the ordinary way.
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf.message import Message
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from psycopg import sql
 
 from common.db import Connection, check_schema_name
+from common.outbox import reserve_sequences, trace_headers
 from medsched.common.v1 import options_pb2, types_pb2
 from medsched.events.v1 import envelope_pb2, slot_events_pb2
 
@@ -220,17 +220,19 @@ class OutboxBatchWriter:
     """Writes a transaction's events into `<schema>.outbox` (see the module docstring)."""
 
     def __init__(self, schema: str, header: EnvelopeHeader) -> None:
-        self._schema = sql.Identifier(check_schema_name(schema))
+        self._schema_name = check_schema_name(schema)
+        self._schema = sql.Identifier(self._schema_name)
         self._header = header
 
     async def write(self, conn: Connection, events: Sequence[PendingEvent]) -> list[uuid.UUID]:
         """Append `events` in order (per aggregate, the order given); return their ids."""
         if not events:
             return []
-        first_seq = await self._reserve(conn, events)
-        carrier: dict[str, str] = {}
-        TraceContextTextMapPropagator().inject(carrier)
-        headers_field = _copy_field(_JSONB_VERSION + _json_object(carrier))
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for event in events:
+            counts[(event.aggregate_type, event.aggregate_id)] += 1
+        first_seq = await reserve_sequences(conn, self._schema_name, counts)
+        headers_field = _copy_field(_JSONB_VERSION + _json_object(trace_headers()))
         shared = self._header.encode()
         text_fields: dict[str, bytes] = {}
         envelope_texts: dict[tuple[str, str, str], bytes] = {}
@@ -303,32 +305,6 @@ class OutboxBatchWriter:
             for offset in range(0, len(data), _COPY_CHUNK):
                 await copy.write(data[offset : offset + _COPY_CHUNK])
         return ids
-
-    async def _reserve(
-        self, conn: Connection, events: Sequence[PendingEvent]
-    ) -> dict[tuple[str, str], int]:
-        """First sequence number of each aggregate's events, reserved under its row lock."""
-        counts: dict[tuple[str, str], int] = defaultdict(int)
-        for event in events:
-            counts[(event.aggregate_type, event.aggregate_id)] += 1
-        # Counter rows are locked in (type, id) order, as add_event callers are asked to, so
-        # two writers cannot deadlock on them.
-        keys = sorted(counts)
-        statement = sql.SQL(
-            "INSERT INTO {}.outbox_aggregates AS a (aggregate_type, aggregate_id, last_seq)"
-            " SELECT t, i, n FROM unnest(%s::text[], %s::text[], %s::int8[]) AS u(t, i, n)"
-            " ORDER BY t, i"
-            " ON CONFLICT (aggregate_type, aggregate_id)"
-            " DO UPDATE SET last_seq = a.last_seq + EXCLUDED.last_seq"
-            " RETURNING aggregate_type, aggregate_id, last_seq"
-        ).format(self._schema)
-        cursor = await conn.execute(
-            statement, ([k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys])
-        )
-        return {
-            (row[0], row[1]): int(row[2]) - counts[(row[0], row[1])] + 1
-            for row in await cursor.fetchall()
-        }
 
 
 def _json_object(values: dict[str, str]) -> bytes:

@@ -85,7 +85,7 @@ async def add_event(
             raise ValueError(f"{name} must be a non-empty single-line string")
     if not isinstance(payload, bytes):
         raise TypeError("payload must be bytes (a serialised protobuf message)")
-    all_headers = _trace_headers()
+    all_headers = trace_headers()
     all_headers.update(bus.check_extra_headers(headers or {}))
     event_id = event_id or uuid.uuid4()
     ident = sql.Identifier(check_schema_name(schema))
@@ -114,6 +114,37 @@ async def add_event(
     return event_id
 
 
+async def reserve_sequences(
+    conn: Connection, schema: str, counts: Mapping[tuple[str, str], int]
+) -> dict[tuple[str, str], int]:
+    """Reserve `counts[(aggregate_type, aggregate_id)]` sequence numbers per aggregate at once.
+
+    Returns the first reserved number of each aggregate. For bulk writers that must know an
+    event's sequence before they encode it (e.g. to put it in the envelope) and then write
+    the rows themselves. The same row locks as `add_event` serialise producers of an
+    aggregate; counter rows are locked in (type, id) order so two writers cannot deadlock.
+    """
+    _check_in_transaction(conn)
+    if any(n < 1 for n in counts.values()):
+        raise ValueError("every reserved count must be at least 1")
+    keys = sorted(counts)
+    cursor = await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.outbox_aggregates AS a (aggregate_type, aggregate_id, last_seq)"
+            " SELECT t, i, n FROM unnest(%s::text[], %s::text[], %s::int8[]) AS u(t, i, n)"
+            " ORDER BY t, i"
+            " ON CONFLICT (aggregate_type, aggregate_id)"
+            " DO UPDATE SET last_seq = a.last_seq + EXCLUDED.last_seq"
+            " RETURNING aggregate_type, aggregate_id, last_seq"
+        ).format(sql.Identifier(check_schema_name(schema))),
+        ([k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys]),
+    )
+    return {
+        (row[0], row[1]): int(row[2]) - counts[(row[0], row[1])] + 1
+        for row in await cursor.fetchall()
+    }
+
+
 def _check_in_transaction(conn: Connection) -> None:
     # In autocommit mode outside `conn.transaction()` the event would commit on its own,
     # whether or not the change it describes ever does: exactly what the outbox exists to stop.
@@ -122,7 +153,7 @@ def _check_in_transaction(conn: Connection) -> None:
         raise ValueError("add_event must run inside the transaction that changes the aggregate")
 
 
-def _trace_headers() -> dict[str, str]:
+def trace_headers() -> dict[str, str]:
     # W3C trace context only (traceparent, tracestate): never baggage, which could carry
     # anything a caller put there.
     carrier: dict[str, str] = {}

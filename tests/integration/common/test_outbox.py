@@ -20,6 +20,7 @@ from common.outbox import (
     add_event,
     notify_channel,
     outbox_lag,
+    reserve_sequences,
 )
 from tests.integration.common.conftest import (
     SCHEMA,
@@ -107,6 +108,29 @@ async def test_events_get_per_aggregate_sequence_numbers(pool: Pool, outbox_sche
         )
         rows = await cursor.fetchall()
     assert rows == [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2)]
+
+
+async def test_reserved_sequences_continue_each_aggregates_numbering(
+    pool: Pool, outbox_schema: str
+) -> None:
+    async with pool.connection() as conn:
+        await add(conn, "a")
+        first = await reserve_sequences(conn, SCHEMA, {("slot", "a"): 3, ("slot", "c"): 2})
+        await add(conn, "a")
+        cursor = await conn.execute(
+            "SELECT aggregate_seq FROM svc.outbox WHERE aggregate_id = 'a' ORDER BY id"
+        )
+        rows = await cursor.fetchall()
+    assert first == {("slot", "a"): 2, ("slot", "c"): 1}
+    assert rows == [(1,), (5,)]
+
+
+async def test_reserving_sequences_outside_a_transaction_is_refused(
+    database_url: str, outbox_schema: str
+) -> None:
+    async with await connect(database_url, application_name="t", autocommit=True) as conn:
+        with pytest.raises(ValueError, match="inside the transaction"):
+            await reserve_sequences(conn, SCHEMA, {("slot", "a"): 1})
 
 
 async def test_rolled_back_event_leaves_no_gap_in_the_sequence(
