@@ -48,7 +48,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -415,7 +415,7 @@ def _remembered_ports(data_dir: Path) -> dict[str, int]:
     ports: dict[str, int] = {}
     for name in ("postgres", "nats", "redis"):
         candidate = saved.get(name)
-        if isinstance(candidate, int) and _port_is_free(candidate):
+        if isinstance(candidate, int) and port_is_free(candidate):
             ports[name] = candidate
         else:
             ports[name] = free_port()

@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.certs import DevPki, ensure_dev_pki
-from deploy.embedded import Infra, free_port, start_infra
+from deploy.embedded import Infra, free_port, port_is_free, start_infra
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +70,7 @@ class StackError(RuntimeError):
 
 
 def _port_or_free(preferred: int) -> int:
-    if preferred:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", preferred))
-            except OSError:
-                return free_port()
-            return preferred
-    return free_port()
+    return preferred if preferred and port_is_free(preferred) else free_port()
 
 
 def dev_secrets(data_dir: Path) -> dict[str, str]:

@@ -280,3 +280,30 @@ def test_listen_addresses_are_parsed(listen: str, expected: tuple[str, int]) -> 
 def test_bad_listen_addresses_are_refused(listen: str) -> None:
     with pytest.raises(ValueError, match="metrics_listen"):
         parse_listen_address(listen)
+
+
+def test_spans_are_not_recorded_when_nothing_exports_them() -> None:
+    telemetry = setup_telemetry("booking", metrics_listen=None, install_global=False)
+    try:
+        with telemetry.tracer("t").start_as_current_span("call") as span:
+            # Not recorded, yet logs and outbound calls still get a real trace id.
+            assert not span.is_recording()
+            assert span.get_span_context().is_valid
+    finally:
+        telemetry.shutdown()
+
+
+def test_spans_are_recorded_when_a_processor_receives_them() -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(
+        "booking",
+        metrics_listen=None,
+        install_global=False,
+        span_processors=[SimpleSpanProcessor(exporter)],
+    )
+    try:
+        with telemetry.tracer("t").start_as_current_span("call") as span:
+            assert span.is_recording()
+        assert [s.name for s in exporter.get_finished_spans()] == ["call"]
+    finally:
+        telemetry.shutdown()
