@@ -91,6 +91,22 @@ VARIABLES: tuple[Variable, ...] = (
         "eligibility: payer exchanges running at once per process",
         "512",
     ),
+    Variable(
+        "MEDSCHED_BOOKING_BUDGET_S",
+        "booking: longest a booking may take, eligibility included (caller deadlines cut it)",
+        "2",
+    ),
+    Variable(
+        "MEDSCHED_BOOKING_VERIFICATION_MAX_AGE_DAYS",
+        "booking: age of an ACTIVE verification that allows PENDING_VERIFICATION when the"
+        " payer is slow",
+        "30",
+    ),
+    Variable(
+        "MEDSCHED_BOOKING_RECHECK_INTERVAL_S",
+        "booking: how often PENDING_VERIFICATION appointments are checked again",
+        "300",
+    ),
     Variable("MEDSCHED_GATEWAY_JWKS_URL", "gateway: HTTPS URL of the OAuth issuer's JWKS", ""),
     Variable(
         "MEDSCHED_GATEWAY_TOKEN_ISSUER", "gateway: expected `iss` (needed with a JWKS URL)", ""
@@ -159,6 +175,9 @@ class Settings:
     eligibility_cache_ttl_s: float
     eligibility_payer_timeout_s: float
     eligibility_max_flights: int
+    booking_budget_s: float
+    booking_verification_max_age_days: float
+    booking_recheck_interval_s: float
     gateway_jwks_url: str
     gateway_token_issuer: str
     gateway_token_audience: str
@@ -208,6 +227,11 @@ class Settings:
                 "MEDSCHED_ELIGIBILITY_PAYER_TIMEOUT_S"
             ),
             eligibility_max_flights=reader.non_negative_int("MEDSCHED_ELIGIBILITY_MAX_FLIGHTS"),
+            booking_budget_s=reader.positive_float("MEDSCHED_BOOKING_BUDGET_S"),
+            booking_verification_max_age_days=reader.positive_float(
+                "MEDSCHED_BOOKING_VERIFICATION_MAX_AGE_DAYS"
+            ),
+            booking_recheck_interval_s=reader.positive_float("MEDSCHED_BOOKING_RECHECK_INTERVAL_S"),
             gateway_jwks_url=reader.optional_url("MEDSCHED_GATEWAY_JWKS_URL", ("https", "http")),
             gateway_token_issuer=reader.value("MEDSCHED_GATEWAY_TOKEN_ISSUER"),
             gateway_token_audience=reader.value("MEDSCHED_GATEWAY_TOKEN_AUDIENCE"),

@@ -115,7 +115,7 @@ def test_endpoints_file_describes_the_running_stack(running_stack: Stack) -> Non
 
 def test_embedded_stack_keeps_its_data_keys_and_ca_across_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    grpc_only = [c for c in COMPONENTS if c.name == "booking"]
+    grpc_only = [c for c in COMPONENTS if c.name == "notify"]
     first = start_stack(data_dir, environ={}, components=grpc_only, demo_data=False)
     try:
         url = first.env["MEDSCHED_DATABASE_URL"]
@@ -132,7 +132,7 @@ def test_embedded_stack_keeps_its_data_keys_and_ca_across_a_restart(tmp_path: Pa
             assert conn.execute("SELECT v FROM public.survives").fetchall() == [("kept",)]
         assert second.pki.ca_cert.read_bytes() == ca_before
         assert second.env["MEDSCHED_ENCRYPTION_KEYS"] == keys_before
-        result = run_grpcurl(second, second.addresses["booking"], "list")
+        result = run_grpcurl(second, second.addresses["notify"], "list")
         assert result.returncode == 0, result.stderr
     finally:
         second.stop()
