@@ -8,11 +8,14 @@ does health report SERVING. Until the index is built, searches answer UNAVAILABL
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from datetime import UTC, datetime
 
 from availability_svc.admin_server import admin_registration
 from availability_svc.projection import IndexBackend, Projection
+from availability_svc.roll_forward import roll_forward_forever
 from availability_svc.search_server import SEARCH_SERVICE, search_registration
 from availability_svc.search_service import (
     AvailabilityQuery,
@@ -37,8 +40,9 @@ NEEDS = Needs(database=True, nats=True, outbox_schema=SCHEMA)
 class SearchReadModel:
     """This process's search read model: empty until `start` has built it."""
 
-    def __init__(self) -> None:
+    def __init__(self, roll_forward_interval_s: float = 3600.0) -> None:
         self.projection: Projection | None = None
+        self._roll_forward_interval_s = roll_forward_interval_s
 
     def _built(self) -> Projection:
         projection = self.projection
@@ -68,6 +72,18 @@ class SearchReadModel:
         await projection.start()
         runtime.on_close(projection.stop)
         self.projection = projection
+        # The daily roll-forward (new horizon days), run here so nothing else must schedule it.
+        roller = asyncio.create_task(
+            roll_forward_forever(runtime.pool, self._roll_forward_interval_s),
+            name="roll-forward",
+        )
+
+        async def stop_roller() -> None:
+            roller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await roller
+
+        runtime.on_close(stop_roller)
 
 
 def registrations(runtime: Runtime, read_model: SearchReadModel) -> list[Registration]:
@@ -82,7 +98,7 @@ def registrations(runtime: Runtime, read_model: SearchReadModel) -> list[Registr
 
 def main() -> None:
     settings = Settings.from_env(SERVICE)
-    read_model = SearchReadModel()
+    read_model = SearchReadModel(settings.availability_roll_forward_interval_s)
     run(
         run_service(
             settings,

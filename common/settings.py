@@ -92,6 +92,11 @@ VARIABLES: tuple[Variable, ...] = (
         "512",
     ),
     Variable(
+        "MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S",
+        "availability: how often the roll-forward of the horizon runs (also at start)",
+        "3600",
+    ),
+    Variable(
         "MEDSCHED_BOOKING_BUDGET_S",
         "booking: longest a booking may take, eligibility included (caller deadlines cut it)",
         "2",
@@ -175,6 +180,7 @@ class Settings:
     eligibility_cache_ttl_s: float
     eligibility_payer_timeout_s: float
     eligibility_max_flights: int
+    availability_roll_forward_interval_s: float
     booking_budget_s: float
     booking_verification_max_age_days: float
     booking_recheck_interval_s: float
@@ -227,6 +233,9 @@ class Settings:
                 "MEDSCHED_ELIGIBILITY_PAYER_TIMEOUT_S"
             ),
             eligibility_max_flights=reader.non_negative_int("MEDSCHED_ELIGIBILITY_MAX_FLIGHTS"),
+            availability_roll_forward_interval_s=reader.positive_float(
+                "MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S"
+            ),
             booking_budget_s=reader.positive_float("MEDSCHED_BOOKING_BUDGET_S"),
             booking_verification_max_age_days=reader.positive_float(
                 "MEDSCHED_BOOKING_VERIFICATION_MAX_AGE_DAYS"

@@ -11,6 +11,7 @@ import pytest
 
 from availability_svc.cli import add_availability_commands
 from availability_svc.materializer import roll_forward
+from availability_svc.roll_forward import roll_forward_once
 from availability_svc.seed import seed_organization
 from common.db import Pool
 
@@ -134,3 +135,28 @@ def test_materialize_refuses_dates_that_are_not_dates(
     with pytest.raises(SystemExit):
         _parser().parse_args(["materialize", "--from", "tomorrow"])
     assert "expected a date YYYY-MM-DD" in capsys.readouterr().err
+
+
+async def test_service_roll_forward_runs_once_at_a_time(pool: Pool) -> None:
+    seeded = await seed_organization(pool, providers=3, seed=2, now=NOW)
+    tomorrow = NOW + timedelta(days=1)
+    # Another process holds the roll-forward lock: this round is skipped, nothing changes.
+    async with pool.connection() as holder:
+        await holder.execute(
+            "SELECT pg_advisory_lock(hashtextextended('medsched.availability.roll-forward', 0))"
+        )
+        skipped = await roll_forward_once(pool, now=lambda: tomorrow)
+        await holder.execute(
+            "SELECT pg_advisory_unlock(hashtextextended('medsched.availability.roll-forward', 0))"
+        )
+    ran = await roll_forward_once(pool, now=lambda: tomorrow)
+    async with pool.connection() as conn:
+        through = await (
+            await conn.execute(
+                "SELECT DISTINCT materialized_through FROM availability.materialization_state"
+            )
+        ).fetchall()
+    assert skipped is None
+    assert ran is not None
+    assert ran[seeded.organization_id].provider_count == 3
+    assert through == [((NOW + timedelta(days=90)).date(),)]
