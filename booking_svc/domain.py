@@ -21,6 +21,7 @@ IDEMPOTENCY_KEY_MIN = 8
 IDEMPOTENCY_KEY_MAX = 128
 MAX_FREE_TEXT = 500
 MAX_MEMBER_ID = 80
+MAX_NAME = 60
 PATIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _PLAN_ID = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _X12_UNSAFE = re.compile(r"[*~:^\x00-\x1f\x7f]")
@@ -224,6 +225,13 @@ def check_insurance(
     return plan, payer, member
 
 
+def check_person_name(value: str, path: str, errors: ViolationCollector) -> str:
+    """A name as the payer knows it: short, and free of the X12 delimiters it would break."""
+    errors.check(len(value) <= MAX_NAME, path, f"must be at most {MAX_NAME} characters")
+    errors.check(not _X12_UNSAFE.search(value), path, "must not contain * ~ : ^")
+    return value
+
+
 def new_confirmation_code() -> str:
     return "".join(secrets.choice(CONFIRMATION_ALPHABET) for _ in range(6))
 
@@ -267,7 +275,7 @@ def check_move(move: Move, principal: Principal, ctx: MoveContext) -> Status | N
     """The status after `move`, or raise: PermissionDenied or FailedPrecondition with why."""
     from common.errors import PermissionDenied
 
-    if move in _STAFF_ONLY and principal.role not in (Role.STAFF, Role.ADMIN, Role.SERVICE):
+    if move in _STAFF_ONLY and principal.role not in (Role.STAFF, Role.ADMIN):
         raise PermissionDenied(f"only staff may {move.value} an appointment")
     allowed_from, to = _ALLOWED[move]
     if ctx.status not in allowed_from:

@@ -23,7 +23,9 @@ from medsched.booking.v1 import booking_service_pb2, booking_service_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE = "booking"
-NEEDS = Needs(database=True, nats=True, redis=True, outbox_schema=SCHEMA)
+# Bookings hold a connection only for their own transactions (milliseconds), never while the
+# payer answers; 40 covers the brief's peak (15 bookings/s) with room for holds and lists.
+NEEDS = Needs(database=True, nats=True, redis=True, outbox_schema=SCHEMA, pool_max_size=40)
 BOOKING_SERVICE = booking_service_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name
 HOLD_SWEEP_S = 1.0
 HOUSEKEEPING_S = 3600.0

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc.aio
 from google.protobuf import any_pb2, empty_pb2
 
+from booking_svc.checks import slot_id
 from booking_svc.domain import (
     BookCommand,
     BookingRefused,
@@ -26,18 +27,20 @@ from booking_svc.domain import (
     check_idempotency_key,
     check_insurance,
     check_patient_id,
+    check_person_name,
     parse_uuid,
 )
 from booking_svc.holds import HoldRecord
-from booking_svc.service import BookingService, slot_id
+from booking_svc.service import BookingService
 from common.auth import Principal
 from common.crypto import BlindIndex
-from common.errors import Unauthenticated, ViolationCollector
+from common.errors import NotFound, Unauthenticated, ViolationCollector
 from common.grpc_server import abort_with_status, current_deadline, current_principal, rpc_status_of
 from medsched.booking.v1 import appointment_pb2, booking_service_pb2, booking_service_pb2_grpc
 from medsched.common.v1 import types_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 B = booking_service_pb2
 REFUSAL_DOMAIN = "medsched.booking.v1"
 _MAX_PAGE = 100
@@ -63,10 +66,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         assert target is not None
         assert visit_type is not None
         command = HoldCommand(target=target, visit_type_id=visit_type, patient_id=patient, ttl=ttl)
-        try:
-            record = await self._service().hold(command, _principal())
-        except BookingRefused as refused:
-            await abort_refused(context, refused)
+        record = await answer(context, self._service().hold(command, _principal()))
         return hold_message(record)
 
     async def ReleaseHold(self, request: B.ReleaseHoldRequest, context: Context) -> empty_pb2.Empty:  # noqa: N802
@@ -74,7 +74,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         hold_id = parse_uuid(request.hold_id, "hold_id", errors)
         errors.raise_if_any()
         assert hold_id is not None
-        await self._service().release_hold(hold_id, _principal())
+        await answer(context, self._service().release_hold(hold_id, _principal()))
         return empty_pb2.Empty()
 
     # ---- booking ------------------------------------------------------------------------
@@ -122,10 +122,9 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
             resource_ids=resources,
             hold_id=hold_id,
         )
-        try:
-            return await self._service().book(command, _principal(), deadline=current_deadline())
-        except BookingRefused as refused:
-            await abort_refused(context, refused)
+        return await answer(
+            context, self._service().book(command, _principal(), deadline=current_deadline())
+        )
 
     def _digest(self, request: Any) -> bytes:
         # A keyed hash of the whole request: recognises a changed retry without keeping PHI.
@@ -135,7 +134,8 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
     async def GetAppointment(  # noqa: N802
         self, request: B.GetAppointmentRequest, context: Context
     ) -> appointment_pb2.Appointment:
-        return await self._service().get(_appointment_id(request.appointment_id), _principal())
+        appointment = _appointment_id(request.appointment_id)
+        return await answer(context, self._service().get(appointment, _principal()))
 
     async def RescheduleAppointment(  # noqa: N802
         self, request: B.RescheduleAppointmentRequest, context: Context
@@ -158,10 +158,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
             resource_ids=resources,
             hold_id=hold_id,
         )
-        try:
-            return await self._service().reschedule(command, _principal())
-        except BookingRefused as refused:
-            await abort_refused(context, refused)
+        return await answer(context, self._service().reschedule(command, _principal()))
 
     async def CancelAppointment(  # noqa: N802
         self, request: B.CancelAppointmentRequest, context: Context
@@ -178,29 +175,33 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         check_free_text(request.cancellation_note, "cancellation_note", errors)
         errors.raise_if_any()
         assert appointment is not None
-        return await self._service().cancel(
-            appointment, reason, request.cancellation_note, request.etag, _principal()
+        return await answer(
+            context,
+            self._service().cancel(
+                appointment, reason, request.cancellation_note, request.etag, _principal()
+            ),
         )
 
     async def CheckInAppointment(  # noqa: N802
         self, request: B.CheckInAppointmentRequest, context: Context
     ) -> appointment_pb2.Appointment:
-        return await self._move(request.appointment_id, Move.CHECK_IN, request.etag)
+        return await self._move(context, request.appointment_id, Move.CHECK_IN, request.etag)
 
     async def CompleteAppointment(  # noqa: N802
         self, request: B.CompleteAppointmentRequest, context: Context
     ) -> appointment_pb2.Appointment:
-        return await self._move(request.appointment_id, Move.COMPLETE, request.etag)
+        return await self._move(context, request.appointment_id, Move.COMPLETE, request.etag)
 
     async def MarkNoShow(  # noqa: N802
         self, request: B.MarkNoShowRequest, context: Context
     ) -> appointment_pb2.Appointment:
-        return await self._move(request.appointment_id, Move.NO_SHOW, request.etag)
+        return await self._move(context, request.appointment_id, Move.NO_SHOW, request.etag)
 
     async def _move(
-        self, appointment_id: str, move: Move, etag: str
+        self, context: Context, appointment_id: str, move: Move, etag: str
     ) -> appointment_pb2.Appointment:
-        return await self._service().move(_appointment_id(appointment_id), move, etag, _principal())
+        appointment = _appointment_id(appointment_id)
+        return await answer(context, self._service().move(appointment, move, etag, _principal()))
 
     # ---- lists --------------------------------------------------------------------------
 
@@ -231,8 +232,11 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         assert org is not None
         assert resource is not None
         assert day is not None
-        found = await self._service().list_resource_day(
-            org, resource, day, request.include_cancelled, _principal()
+        found = await answer(
+            context,
+            self._service().list_resource_day(
+                org, resource, day, request.include_cancelled, _principal()
+            ),
         )
         return B.ListResourceDayResponse(appointments=found)
 
@@ -328,8 +332,7 @@ def _check_demographics(
     if value.birth_date:
         _date(value.birth_date, f"{path}.birth_date", errors)
     for name in ("family_name", "given_name"):
-        text = getattr(value.name, name)
-        errors.check(len(text) <= 60, f"{path}.name.{name}", "must be at most 60 characters")
+        check_person_name(getattr(value.name, name), f"{path}.name.{name}", errors)
 
 
 def _date(text: str, path: str, errors: ViolationCollector) -> date | None:
@@ -393,6 +396,44 @@ def refusal_message(refused: BookingRefused) -> appointment_pb2.BookingRefusal:
         if v.hold_expire_time is not None:
             item.hold_expire_time.FromDatetime(v.hold_expire_time)
     return message
+
+
+async def answer(context: Context, work: Awaitable[T]) -> T:
+    """Await a use case; a refusal or a NOT_FOUND ends the call with its contract details."""
+    try:
+        return await work
+    except BookingRefused as refused:
+        await abort_refused(context, refused)
+    except NotFound as missing:
+        await abort_not_found(context, missing)
+
+
+# What each NOT_FOUND reason names, as `ResourceInfo.resource_type`.
+_RESOURCE_TYPES = {
+    "APPOINTMENT_NOT_FOUND": "medsched.booking.v1.Appointment",
+    "HOLD_NOT_FOUND": "medsched.booking.v1.Hold",
+    "VISIT_TYPE_NOT_FOUND": "medsched.availability.v1.VisitType",
+    "PROVIDER_NOT_FOUND": "medsched.availability.v1.Provider",
+    "RESOURCE_NOT_FOUND": "medsched.availability.v1.Resource",
+}
+
+
+async def abort_not_found(context: Context, missing: NotFound) -> NoReturn:
+    """NOT_FOUND with a `ResourceInfo` naming what was not found (the contract)."""
+    from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
+
+    status = rpc_status_of(missing)
+    for reason in missing.reasons:
+        packed = any_pb2.Any()
+        packed.Pack(
+            error_details_pb2.ResourceInfo(
+                resource_type=_RESOURCE_TYPES.get(reason.code, reason.code),
+                resource_name=reason.subject,
+                description=missing.message,
+            )
+        )
+        status.details.append(packed)
+    await abort_with_status(context, status)
 
 
 async def abort_refused(context: Context, refused: BookingRefused) -> NoReturn:

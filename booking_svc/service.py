@@ -8,6 +8,10 @@ Holds (Redis) and the search index are courtesies on top.
 Booking runs eligibility in parallel with the database work: the check starts before the
 transaction, the transaction locks and checks everything, then waits for the answer (within
 the request's budget) and commits per policy, or rolls back leaving nothing.
+
+Beside this module: `checks` (the shared check of a start time), `messages` (protobuf shapes of
+rows and placements), `eligibility` (the port to eligibility_svc and how its answers are
+read), `store` (SQL), `holds` (Redis), `domain` (pure rules).
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
+import psycopg
 import psycopg.errors
 
 from booking_svc import store
+from booking_svc.checks import Checked, StartChecker, slot_id
 from booking_svc.domain import (
+    RACE_REASONS,
     BookCommand,
     BookingRefused,
     HoldCommand,
@@ -37,31 +44,48 @@ from booking_svc.domain import (
     RefusalReason,
     RescheduleCommand,
     Status,
-    Target,
     Violation,
     check_move,
     etag_of,
     new_confirmation_code,
 )
-from booking_svc.eligibility import Check, CheckRequest, EligibilityPort
+from booking_svc.eligibility import (
+    ELIGIBILITY_REFUSALS,
+    STATUS_NAME,
+    CheckRequest,
+    Eligibility,
+    EligibilityPort,
+    invalid_request_of,
+    verdict_of,
+)
 from booking_svc.holds import HoldRecord, HoldStore
+from booking_svc.messages import (
+    ACTOR,
+    STATUS_PB,
+    appointment_message,
+    freed_event,
+    placement_granules,
+    placement_of_check,
+    placement_of_row,
+)
 from common.auth import Principal, Role, can_access_organization
-from common.crypto import BlindIndex, FieldCipher, field_context
+from common.crypto import BlindIndex, FieldCipher, field_context, normalize_identifier
 from common.db import Connection, Pool
 from common.errors import (
     AlreadyExists,
     Conflict,
-    FieldViolation,
+    DependencyUnavailable,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Reason,
 )
 from common.events import Event, Origin, write_events
+from medsched.availability.v1 import schedule_resources_pb2
 from medsched.booking.v1 import appointment_pb2
 from medsched.common.v1 import types_pb2
 from medsched.eligibility.v1 import eligibility_pb2
-from medsched.events.v1 import appointment_events_pb2, slot_events_pb2
+from medsched.events.v1 import appointment_events_pb2, schedule_events_pb2, slot_events_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -79,65 +103,13 @@ class BookingConfig:
     # A booking answers within this, whatever the caller's deadline.
     budget_s: float = 2.0
     # Kept back from the budget for the commit after eligibility answers.
-    commit_margin_s: float = 0.25
+    commit_margin_s: float = 0.3
+    # How much longer than its wait the eligibility call may take to answer (its own
+    # bookkeeping after the payer's wait); taken out of the commit margin.
+    eligibility_grace_s: float = 0.15
     verification_max_age: timedelta = timedelta(days=30)
     recheck_interval: timedelta = timedelta(minutes=5)
     idempotency_retention_days: int = 30
-
-
-# ---- what a transaction found about a start time -----------------------------------------
-
-
-@dataclass
-class Checked:
-    """The outcome of checking one start time inside a transaction (granules locked)."""
-
-    rules: store.VisitTypeRules
-    provider_id: uuid.UUID
-    location_id: uuid.UUID
-    start: datetime
-    end: datetime
-    starts: list[datetime]
-    time_zone: str
-    visit_type_id: uuid.UUID
-    explicit: frozenset[uuid.UUID] = frozenset()
-    plan_payer_id: str = ""
-    violations: list[Violation] = field(default_factory=list)
-    resources: list[store.Resource] = field(default_factory=list)
-    # Holds on the granules the request may take over: its own, or lapsed ones.
-    consumed_holds: set[uuid.UUID] = field(default_factory=set)
-    # An alive hold of the same patient covering exactly these granules (for re-holding).
-    own_hold: HoldRecord | None = None
-
-    def refuse(self, reason: RefusalReason, description: str, **extra: Any) -> None:
-        self.violations.append(Violation(reason, description, **extra))
-
-    def slot_ids(self, starts: Sequence[datetime]) -> tuple[str, ...]:
-        return tuple(slot_id(self.provider_id, s) for s in starts)
-
-
-def slot_id(provider_id: uuid.UUID, start: datetime) -> str:
-    return f"{provider_id}_{start.astimezone(UTC).strftime('%Y%m%dT%H%MZ')}"
-
-
-@dataclass(frozen=True)
-class Eligibility:
-    """What the eligibility check said, as booking's policy sees it."""
-
-    status: eligibility_pb2.EligibilityStatus.ValueType
-    check_id: str = ""
-    verified_at: datetime | None = None
-
-
-_PENDING = eligibility_pb2.PENDING
-_ERROR = eligibility_pb2.ERROR
-
-_ACTOR = {
-    Role.PATIENT: types_pb2.PATIENT,
-    Role.STAFF: types_pb2.STAFF,
-    Role.ADMIN: types_pb2.ADMIN,
-    Role.SERVICE: types_pb2.SYSTEM,
-}
 
 
 class _KeyTaken(Exception):
@@ -163,21 +135,37 @@ class BookingService:
         self._blind = blind_index
         self._config = config or BookingConfig()
         self._clock = clock
+        self._checker = StartChecker(holds, clock)
+
+    @contextlib.asynccontextmanager
+    async def _db(self, *, until: float | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection; a lost or unreachable database is UNAVAILABLE, not a bug.
+
+        Connection failures, terminated backends, deadlock victims and pool timeouts are all
+        `psycopg.OperationalError`s: nothing was committed, and a retry (with the same
+        idempotency key) is safe, so callers are told to retry.
+        """
+        timeout = None if until is None else max(0.01, until - time.monotonic())
+        try:
+            async with self._pool.connection(timeout=timeout) as conn:
+                yield conn
+        except psycopg.OperationalError as e:
+            logger.warning("database unavailable", extra={"error_type": type(e).__name__})
+            raise DependencyUnavailable("the database is unavailable; retry") from e
 
     # ---- holds ------------------------------------------------------------------------
 
     async def hold(self, cmd: HoldCommand, principal: Principal) -> HoldRecord:
         _authorize_patient(principal, cmd.patient_id)
         ttl = self._hold_ttl(cmd.ttl, principal)
-        async with self._pool.connection() as conn, conn.transaction():
-            checked = await self._check(
+        async with self._db() as conn, conn.transaction():
+            checked = await self._checker.check(
                 conn,
                 principal,
                 target=cmd.target,
                 visit_type_id=cmd.visit_type_id,
                 patient_id=cmd.patient_id,
                 plan_id="",
-                requested_hold=None,
                 own_appointment=None,
                 extra_lock=(),
                 pick_resources=True,
@@ -208,19 +196,58 @@ class BookingService:
                 location_id=str(checked.location_id),
                 hold_id=str(hold_id),
                 visit_type_id=str(cmd.visit_type_id),
-                granules=_granules(checked.provider_id, granules),
+                granules=placement_granules(checked.provider_id, granules),
             )
             held.expire_time.FromDatetime(record.expire_time)
+            released = await self._let_go_of_holds(conn, checked, keep=hold_id)
             await write_events(
                 conn,
                 store.SCHEMA,
                 self._origin(checked.rules.organization_id, principal, now, str(hold_id)),
-                [Event("slots", str(checked.provider_id), held)],
+                [Event("slots", str(checked.provider_id), held), *released],
             )
-        stale = checked.consumed_holds - {hold_id}
-        for lapsed in stale:
-            await self._holds.forget(lapsed)
+        await self._forget_holds(checked, keep=hold_id)
         return record
+
+    async def _let_go_of_holds(
+        self, conn: Connection, checked: Checked, *, keep: uuid.UUID | None = None
+    ) -> list[Event]:
+        """Release what is still HELD of the holds a request took over; their events.
+
+        A hold the request consumed (the patient's own) or found lapsed may cover granules
+        the request does not take (another visit type, a neighbouring start). Leaving them
+        HELD without a record would hide them from search until the sweeper came by, so
+        they are released here, in the request's transaction. Granules another transaction
+        has locked are skipped (never waited for, so no lock-order deadlock): the sweeper
+        releases them later.
+        """
+        events: list[Event] = []
+        reasons = {h: slot_events_pb2.SlotsReleased.EXPIRED for h in checked.lapsed_holds}
+        reasons.update({h: slot_events_pb2.SlotsReleased.RELEASED for h in checked.consumed_holds})
+        for hold_id in sorted(reasons.keys() - {keep}):
+            released = await store.release_hold_granules(conn, hold_id, skip_locked=True)
+            if released is None:
+                continue
+            _, provider, location, granules = released
+            events.append(
+                Event(
+                    "slots",
+                    str(provider),
+                    slot_events_pb2.SlotsReleased(
+                        provider_id=str(provider),
+                        location_id=str(location),
+                        hold_id=str(hold_id),
+                        granules=placement_granules(provider, granules),
+                        reason=reasons[hold_id],
+                    ),
+                )
+            )
+        return events
+
+    async def _forget_holds(self, checked: Checked, *, keep: uuid.UUID | None = None) -> None:
+        """After commit: drop the Redis records of the holds the request took over."""
+        for hold_id in (checked.consumed_holds | checked.lapsed_holds) - {keep}:
+            await self._holds.forget(hold_id)
 
     def _hold_ttl(self, requested: timedelta, principal: Principal) -> timedelta:
         if principal.role is not Role.SERVICE or requested <= timedelta(0):
@@ -250,7 +277,7 @@ class BookingService:
         reason: slot_events_pb2.SlotsReleased.Reason.ValueType,
         principal: Principal | None,
     ) -> bool:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._db() as conn, conn.transaction():
             released = await store.release_hold_granules(conn, hold_id)
             if released is None:
                 return False
@@ -259,7 +286,7 @@ class BookingService:
                 provider_id=str(provider),
                 location_id=str(location),
                 hold_id=str(hold_id),
-                granules=_granules(provider, granules),
+                granules=placement_granules(provider, granules),
                 reason=reason,
             )
             await write_events(
@@ -282,7 +309,7 @@ class BookingService:
             if await self._release_granules(hold_id, slot_events_pb2.SlotsReleased.EXPIRED, None):
                 released += 1
             await self._holds.forget(hold_id)
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             held = await store.held_hold_ids(conn)
         alive = await self._holds.alive(held)
         for hold_id in held:
@@ -298,35 +325,37 @@ class BookingService:
         self, cmd: BookCommand, principal: Principal, *, deadline: float | None
     ) -> appointment_pb2.Appointment:
         _authorize_patient(principal, cmd.patient_id)
-        scope = f"book:{cmd.patient_id}"
-        replay = await self._replay(scope, cmd.idempotency_key, cmd.request_digest, principal)
-        if replay is not None:
-            return replay
+        # The budget covers everything from here, waits for a pool connection included.
         budget_end = time.monotonic() + self._config.budget_s
         if deadline is not None:
             budget_end = min(budget_end, deadline)
+        scope = f"book:{cmd.patient_id}"
+        async with self._db(until=budget_end) as conn:
+            found = await store.find_idempotency_key(conn, scope, cmd.idempotency_key)
+            prelude = None if found is not None else await self._prelude(conn, cmd)
+        if prelude is None:
+            replay = await self._replay(scope, cmd.idempotency_key, cmd.request_digest, principal)
+            if replay is not None:
+                return replay
+            raise Conflict("the idempotency key expired while it was read; retry")
         appointment_id = uuid.uuid4()
-        prelude = await self._prelude(cmd, principal)
         eligibility_task = self._start_eligibility(cmd, prelude, appointment_id, budget_end)
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            if cmd.insurance_plan_id and not await _done_within(eligibility_task, 0.05):
+                # The payer is thinking. Check the start now, holding its locks for
+                # milliseconds only, so a taken or unbookable start is refused at once; then
+                # wait for the payer holding neither locks nor a pool connection, and check
+                # again (for real) in the transaction that books. Holding a connection for
+                # the whole payer wait would make concurrent bookings queue for connections
+                # outside their budget.
+                await self._check_before_eligibility(cmd, principal, eligibility_task, budget_end)
+                await asyncio.wait({eligibility_task})
+            async with self._db(until=budget_end) as conn, conn.transaction():
                 if not await store.claim_idempotency_key(
                     conn, scope, cmd.idempotency_key, cmd.request_digest, appointment_id
                 ):
                     raise _KeyTaken
-                checked = await self._check(
-                    conn,
-                    principal,
-                    target=cmd.target,
-                    visit_type_id=cmd.visit_type_id,
-                    patient_id=cmd.patient_id,
-                    plan_id=cmd.insurance_plan_id,
-                    requested_hold=cmd.hold_id,
-                    own_appointment=None,
-                    extra_lock=(),
-                    pick_resources=True,
-                    explicit_resources=cmd.resource_ids,
-                )
+                checked = await self._check_start(conn, cmd, principal)
                 if checked.violations:
                     await self._add_eligibility_if_ready(eligibility_task, checked)
                     raise BookingRefused(checked.violations)
@@ -343,17 +372,17 @@ class BookingService:
                     status="BOOKED",
                     appointment_id=appointment_id,
                 )
-                placement = _placement(checked, granules, reserved)
+                placement = placement_of_check(checked, granules, reserved)
                 booked = appointment_events_pb2.AppointmentBooked(
                     appointment_id=str(appointment_id),
                     patient_id=cmd.patient_id,
                     visit_type_id=str(cmd.visit_type_id),
                     placement=placement,
-                    status=_STATUS_PB[status],
+                    status=STATUS_PB[status],
                     insurance_plan_id=cmd.insurance_plan_id,
                     eligibility_check_id=verdict.check_id if verdict else "",
-                    booked_by=_ACTOR[principal.role],
-                    hold_id=str(cmd.hold_id) if cmd.hold_id else "",
+                    booked_by=ACTOR[principal.role],
+                    hold_id=str(consumed_hold(cmd.hold_id, checked) or ""),
                 )
                 slots_booked = slot_events_pb2.SlotsBooked(
                     provider_id=str(checked.provider_id),
@@ -371,25 +400,53 @@ class BookingService:
                     [
                         Event("appointment", str(appointment_id), booked),
                         Event("slots", str(checked.provider_id), slots_booked),
+                        *await self._let_go_of_holds(conn, checked),
                     ],
                 )
         except _KeyTaken:
-            eligibility_task.cancel()
             replay = await self._replay(scope, cmd.idempotency_key, cmd.request_digest, principal)
             if replay is None:  # the other transaction's row vanished: it was pruned
                 raise Conflict("the request raced with its own retry; retry it") from None
             return replay
         finally:
-            if not eligibility_task.done():
-                eligibility_task.cancel()
-        for hold_id in checked.consumed_holds:
-            await self._holds.forget(hold_id)
+            _discard(eligibility_task)
+        await self._forget_holds(checked)
         return await self.get(appointment_id, principal)
+
+    async def _check_start(
+        self, conn: Connection, cmd: BookCommand, principal: Principal
+    ) -> Checked:
+        return await self._checker.check(
+            conn,
+            principal,
+            target=cmd.target,
+            visit_type_id=cmd.visit_type_id,
+            patient_id=cmd.patient_id,
+            plan_id=cmd.insurance_plan_id,
+            own_appointment=None,
+            extra_lock=(),
+            pick_resources=True,
+            explicit_resources=cmd.resource_ids,
+        )
+
+    async def _check_before_eligibility(
+        self,
+        cmd: BookCommand,
+        principal: Principal,
+        eligibility_task: asyncio.Task[Eligibility | None],
+        budget_end: float,
+    ) -> None:
+        """Refuse now if the start cannot be booked whatever the payer says; writes nothing."""
+        async with self._db(until=budget_end) as conn, conn.transaction():
+            checked = await self._check_start(conn, cmd, principal)
+        if checked.violations:
+            await self._add_eligibility_if_ready(eligibility_task, checked)
+            raise BookingRefused(checked.violations)
 
     async def _replay(
         self, scope: str, key: str, digest: bytes, principal: Principal
     ) -> appointment_pb2.Appointment | None:
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             found = await store.find_idempotency_key(conn, scope, key)
         if found is None:
             return None
@@ -402,26 +459,25 @@ class BookingService:
             )
         return await self.get(appointment_id, principal)
 
-    async def _prelude(self, cmd: BookCommand, principal: Principal) -> _Prelude:
+    async def _prelude(self, conn: Connection, cmd: BookCommand) -> _Prelude:
         """What the eligibility request needs, read before the transaction (no locks)."""
-        async with self._pool.connection() as conn:
-            rules = await store.visit_type_rules(conn, cmd.visit_type_id, cmd.target.provider_id)
+        rules = await store.visit_type_rules(conn, cmd.visit_type_id, cmd.target.provider_id)
+        cursor = await conn.execute(
+            "SELECT l.time_zone FROM availability.slots s"
+            " JOIN availability.locations l ON l.id = s.location_id"
+            " WHERE s.provider_id = %s AND s.start_time = %s",
+            (cmd.target.provider_id, cmd.target.start),
+        )
+        row = await cursor.fetchone()
+        payer = cmd.insurance_payer_id
+        if not payer and cmd.insurance_plan_id and rules is not None:
             cursor = await conn.execute(
-                "SELECT l.time_zone FROM availability.slots s"
-                " JOIN availability.locations l ON l.id = s.location_id"
-                " WHERE s.provider_id = %s AND s.start_time = %s",
-                (cmd.target.provider_id, cmd.target.start),
+                "SELECT payer_id FROM availability.insurance_plans"
+                " WHERE organization_id = %s AND plan_id = %s",
+                (rules.organization_id, cmd.insurance_plan_id),
             )
-            row = await cursor.fetchone()
-            payer = cmd.insurance_payer_id
-            if not payer and cmd.insurance_plan_id and rules is not None:
-                cursor = await conn.execute(
-                    "SELECT payer_id FROM availability.insurance_plans"
-                    " WHERE organization_id = %s AND plan_id = %s",
-                    (rules.organization_id, cmd.insurance_plan_id),
-                )
-                plan = await cursor.fetchone()
-                payer = plan[0] if plan else ""
+            plan = await cursor.fetchone()
+            payer = plan[0] if plan else ""
         zone = ZoneInfo(row[0]) if row else UTC
         return _Prelude(
             rules=rules,
@@ -437,7 +493,7 @@ class BookingService:
                 return None  # self-pay
             rules = prelude.rules
             if rules is None or not prelude.payer_id:
-                return Eligibility(_ERROR)
+                return Eligibility(eligibility_pb2.ERROR)
             wait_s = max(0.0, budget_end - time.monotonic() - self._config.commit_margin_s)
             request = CheckRequest(
                 organization_id=str(rules.organization_id),
@@ -456,13 +512,15 @@ class BookingService:
                 request.subscriber_demographics.ParseFromString(cmd.subscriber_demographics)
             request.max_wait.FromTimedelta(timedelta(seconds=wait_s))
             try:
-                answer = await self._eligibility.check(request, timeout_s=wait_s + 0.1)
+                answer = await self._eligibility.check(
+                    request, timeout_s=wait_s + self._config.eligibility_grace_s
+                )
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise _eligibility_invalid(e) from None
+                    raise invalid_request_of(e) from None
                 logger.warning("eligibility check failed", extra={"grpc_code": e.code().name})
-                return Eligibility(_ERROR)
-            return _eligibility_of(answer)
+                return Eligibility(eligibility_pb2.ERROR)
+            return verdict_of(answer)
 
         return asyncio.create_task(run(), name="booking-eligibility")
 
@@ -470,12 +528,12 @@ class BookingService:
         self, task: asyncio.Task[Eligibility | None], checked: Checked
     ) -> None:
         """Add an eligibility refusal to `checked` if the answer is (almost) in already."""
-        if any(v.reason in _RACE for v in checked.violations):
+        if any(v.reason in RACE_REASONS for v in checked.violations):
             return  # taken: no need to hold the caller for the payer
         with contextlib.suppress(TimeoutError, Exception):
             verdict = await asyncio.wait_for(asyncio.shield(task), timeout=0.2)
             if verdict is not None:
-                reason = _ELIGIBILITY_REFUSALS.get(verdict.status)
+                reason = ELIGIBILITY_REFUSALS.get(verdict.status)
                 if reason is not None:
                     checked.refuse(
                         reason,
@@ -500,13 +558,13 @@ class BookingService:
                 await store.record_verification(
                     conn,
                     cmd.patient_id,
-                    checked.plan_payer_id or cmd.insurance_payer_id,
+                    cmd.insurance_payer_id or checked.plan_payer_id,
                     self._member_digest(cmd.insurance_member_id),
                     verdict.check_id,
                     verdict.verified_at,
                 )
             return Status.BOOKED, verdict
-        reason = _ELIGIBILITY_REFUSALS.get(verdict.status)
+        reason = ELIGIBILITY_REFUSALS.get(verdict.status)
         if reason is RefusalReason.ELIGIBILITY_INACTIVE:
             raise BookingRefused(
                 [
@@ -531,7 +589,7 @@ class BookingService:
         recent = await store.recent_verification(
             conn,
             cmd.patient_id,
-            checked.plan_payer_id or cmd.insurance_payer_id,
+            cmd.insurance_payer_id or checked.plan_payer_id,
             self._member_digest(cmd.insurance_member_id),
         )
         if recent is not None and self._clock() - recent[1] <= self._config.verification_max_age:
@@ -548,7 +606,9 @@ class BookingService:
         )
 
     def _member_digest(self, member_id: str) -> bytes:
-        return self._blind.digest(member_id, purpose="booking.member_id")
+        # The member id as the payer sees it: `sim a0001` and `SIMA0001` are one member (the
+        # eligibility cache keys the same way), so spacing or case cannot lose a verification.
+        return self._blind.digest(normalize_identifier(member_id), purpose="booking.member_id")
 
     async def _insert_appointment(
         self,
@@ -581,18 +641,18 @@ class BookingService:
             "granule_minutes": checked.rules.granule_minutes,
             "status": status.value,
             "insurance_plan_id": cmd.insurance_plan_id,
-            "insurance_payer_id": checked.plan_payer_id or cmd.insurance_payer_id,
+            "insurance_payer_id": cmd.insurance_payer_id or checked.plan_payer_id,
             "member_id_enc": enc("member_id", cmd.insurance_member_id),
             "visit_reason_enc": enc("visit_reason", cmd.visit_reason),
             "demographics_enc": enc("demographics", cmd.demographics),
             "eligibility_check_id": verdict.check_id if verdict else "",
-            "eligibility_status": _STATUS_NAME.get(verdict.status, "") if verdict else "",
+            "eligibility_status": STATUS_NAME.get(verdict.status, "") if verdict else "",
             "eligibility_verified_at": verdict.verified_at if verdict else None,
             "next_check_at": now + self._config.recheck_interval
             if status is Status.PENDING_VERIFICATION
             else None,
-            "booked_by": types_pb2.ActorRole.Name(_ACTOR[principal.role]),
-            "hold_id": cmd.hold_id,
+            "booked_by": types_pb2.ActorRole.Name(ACTOR[principal.role]),
+            "hold_id": consumed_hold(cmd.hold_id, checked),
             "created_at": now,
             "updated_at": now,
         }
@@ -666,7 +726,10 @@ class BookingService:
                     )
                     taken.add(chosen.resource_id)
                     break
-                except psycopg.errors.ExclusionViolation:
+                except (psycopg.errors.ExclusionViolation, psycopg.errors.DeadlockDetected):
+                    # Another booking reserved it first (or both waited on each other for
+                    # the same room and PostgreSQL chose us as the victim): the savepoint
+                    # rolled back, so try another free one of the kind.
                     taken.add(chosen.resource_id)
                     chosen = await self._another(conn, checked, chosen, taken)
             if chosen is None:
@@ -700,255 +763,6 @@ class BookingService:
                 return candidate
         return None
 
-    # ---- the shared check of a start time ---------------------------------------------
-
-    async def _check(
-        self,
-        conn: Connection,
-        principal: Principal,
-        *,
-        target: Target,
-        visit_type_id: uuid.UUID,
-        patient_id: str,
-        plan_id: str,
-        requested_hold: uuid.UUID | None,
-        own_appointment: uuid.UUID | None,
-        extra_lock: Sequence[tuple[uuid.UUID, datetime]],
-        pick_resources: bool,
-        explicit_resources: Sequence[uuid.UUID] = (),
-        before_resources: Callable[[], Awaitable[None]] | None = None,
-    ) -> Checked:
-        rules = await store.visit_type_rules(conn, visit_type_id, target.provider_id)
-        if rules is None or not _may_see_org(principal, rules.organization_id):
-            raise NotFound(
-                "no such visit type", reasons=[Reason("VISIT_TYPE_NOT_FOUND", str(visit_type_id))]
-            )
-        if not rules.provider_found or rules.provider_organization_id != rules.organization_id:
-            raise NotFound(
-                "no such provider",
-                reasons=[Reason("PROVIDER_NOT_FOUND", str(target.provider_id))],
-            )
-        step = timedelta(minutes=rules.granule_minutes)
-        starts = [target.start + step * k for k in range(rules.duration_granules)]
-        end = target.start + step * rules.duration_granules
-        keys = [(target.provider_id, s) for s in starts]
-        locked = await store.lock_granules(conn, sorted({*keys, *extra_lock}))
-        by_key = {(g.provider_id, g.start): g for g in locked}
-        mine = [by_key.get(k) for k in keys]
-        first = mine[0]
-        location_id = target.location_id or (first.location_id if first else None)
-        checked = Checked(
-            rules=rules,
-            provider_id=target.provider_id,
-            location_id=location_id or uuid.UUID(int=0),
-            start=target.start,
-            end=end,
-            starts=starts,
-            time_zone="UTC",
-            visit_type_id=visit_type_id,
-            explicit=frozenset(explicit_resources),
-        )
-        if not rules.active or not rules.provider_active:
-            checked.refuse(RefusalReason.NOT_OFFERED, "the visit type or provider is not active")
-        now = self._clock()
-        self._check_window(checked, now)
-        await self._check_granules(checked, mine, requested_hold, own_appointment, patient_id)
-        facts = await store.place_facts(
-            conn,
-            organization_id=rules.organization_id,
-            provider_id=target.provider_id,
-            location_id=checked.location_id,
-            visit_type_id=visit_type_id,
-            plan_id=plan_id,
-            patient_id=patient_id,
-        )
-        checked.time_zone = facts.time_zone
-        if location_id is not None and (not facts.location_found or not facts.location_active):
-            checked.refuse(RefusalReason.NOT_OFFERED, "the location is not open for booking")
-        elif location_id is not None and not facts.offered:
-            checked.refuse(
-                RefusalReason.NOT_OFFERED,
-                "the provider does not offer this visit type at this location",
-            )
-        if plan_id:
-            checked.plan_payer_id = facts.plan_payer_id
-            if not facts.plan_found or not facts.plan_active:
-                checked.refuse(RefusalReason.PLAN_NOT_ACCEPTED, f"plan {plan_id} is not active")
-            elif not facts.plan_accepted:
-                checked.refuse(
-                    RefusalReason.PLAN_NOT_ACCEPTED, f"the provider does not accept plan {plan_id}"
-                )
-        self._check_patient_kind(checked, facts.returning_patient)
-        if before_resources is not None:
-            await before_resources()
-        if pick_resources and location_id is not None:
-            await self._pick_resources(conn, checked, explicit_resources)
-        return checked
-
-    def _check_window(self, checked: Checked, now: datetime) -> None:
-        rules = checked.rules
-        days_ahead = rules.maximum_days_ahead or rules.horizon_days
-        if checked.start <= now:
-            checked.refuse(RefusalReason.OUTSIDE_BOOKING_WINDOW, "the start has passed")
-        elif checked.start < now + timedelta(seconds=rules.minimum_notice_s):
-            checked.refuse(
-                RefusalReason.OUTSIDE_BOOKING_WINDOW,
-                f"the visit type needs {rules.minimum_notice_s // 60} minutes' notice",
-            )
-        elif checked.start > now + timedelta(days=days_ahead):
-            checked.refuse(
-                RefusalReason.OUTSIDE_BOOKING_WINDOW,
-                f"the visit type can be booked at most {days_ahead} days ahead",
-            )
-
-    async def _check_granules(
-        self,
-        checked: Checked,
-        granules: Sequence[store.Granule | None],
-        requested_hold: uuid.UUID | None,
-        own_appointment: uuid.UUID | None,
-        patient_id: str,
-    ) -> None:
-        hold_ids = {g.hold_id for g in granules if g is not None and g.hold_id is not None}
-        records = await self._holds.get_many(hold_ids)
-        missing: list[datetime] = []
-        taken: list[datetime] = []
-        blocked: list[datetime] = []
-        held: list[datetime] = []
-        held_until: datetime | None = None
-        own_holds: set[uuid.UUID] = set()
-        for start, granule in zip(checked.starts, granules, strict=True):
-            if granule is None or granule.location_id != checked.location_id:
-                missing.append(start)
-            elif granule.status == "BLOCKED":
-                blocked.append(start)
-            elif granule.status == "BOOKED":
-                if own_appointment is None or granule.appointment_id != own_appointment:
-                    taken.append(start)
-            elif granule.status == "HELD" and granule.hold_id is not None:
-                record = records.get(granule.hold_id)
-                if record is None:
-                    checked.consumed_holds.add(granule.hold_id)  # lapsed: free to take
-                elif record.patient_id == patient_id and (
-                    requested_hold is None or requested_hold == granule.hold_id
-                ):
-                    checked.consumed_holds.add(granule.hold_id)
-                    own_holds.add(granule.hold_id)
-                else:
-                    held.append(start)
-                    held_until = max(held_until or record.expire_time, record.expire_time)
-        if len(own_holds) == 1:
-            record = records[next(iter(own_holds))]
-            if record.starts == tuple(
-                int(s.timestamp()) for s in checked.starts
-            ) and record.visit_type_id == str(checked.visit_type_id):
-                checked.own_hold = record
-        if missing:
-            checked.refuse(
-                RefusalReason.NOT_OFFERED,
-                "the provider is not scheduled for the whole visit at that location",
-                slot_ids=checked.slot_ids(missing),
-            )
-        if blocked:
-            checked.refuse(
-                RefusalReason.NOT_OFFERED,
-                "part of the visit is blocked in the provider's schedule",
-                slot_ids=checked.slot_ids(blocked),
-            )
-        if taken:
-            checked.refuse(
-                RefusalReason.TAKEN,
-                "part of the visit is already booked",
-                slot_ids=checked.slot_ids(taken),
-            )
-        if held:
-            checked.refuse(
-                RefusalReason.HELD_BY_OTHER,
-                "part of the visit is held for another patient",
-                slot_ids=checked.slot_ids(held),
-                hold_expire_time=held_until,
-            )
-
-    def _check_patient_kind(self, checked: Checked, returning: bool) -> None:
-        kind = checked.rules.patient_kind
-        if kind == "NEW" and returning:
-            checked.refuse(
-                RefusalReason.PATIENT_KIND_MISMATCH,
-                "the visit type is for new patients and the patient has seen this provider",
-            )
-        elif kind == "RETURNING" and not returning:
-            checked.refuse(
-                RefusalReason.PATIENT_KIND_MISMATCH,
-                "the visit type is for returning patients of this provider",
-            )
-        elif not returning and not checked.rules.provider_accepting_new:
-            checked.refuse(
-                RefusalReason.PATIENT_KIND_MISMATCH, "the provider is not accepting new patients"
-            )
-
-    async def _pick_resources(
-        self, conn: Connection, checked: Checked, explicit: Sequence[uuid.UUID]
-    ) -> None:
-        needs = checked.rules.needs
-        if not needs and not explicit:
-            return
-        free = await store.free_resources(
-            conn,
-            organization_id=checked.rules.organization_id,
-            location_id=checked.location_id,
-            kinds=[n.kind for n in needs],
-            start=checked.start,
-            end=checked.end,
-        )
-        free_ids = {r.resource_id for r in free}
-        chosen: list[store.Resource] = []
-        explicit_by_kind: dict[str, list[store.Resource]] = {}
-        if explicit:
-            known = await store.resources_by_id(conn, checked.rules.organization_id, explicit)
-            wanted = {n.kind: n for n in needs}
-            for resource_id in explicit:
-                info = known.get(resource_id)
-                if (
-                    info is None
-                    or info[0] != checked.location_id
-                    or info[1] not in wanted
-                    or not info[3]
-                    or resource_id not in free_ids
-                ):
-                    kind = info[1] if info else ""
-                    checked.refuse(
-                        RefusalReason.RESOURCE_UNAVAILABLE,
-                        f"resource {resource_id} is not a free {kind or 'needed resource'}"
-                        " at the location for the whole visit",
-                        resource_kind=kind,
-                    )
-                    continue
-                explicit_by_kind.setdefault(info[1], []).append(
-                    store.Resource(resource_id, info[1], info[2])
-                )
-        for need in needs:
-            picked = explicit_by_kind.get(need.kind, [])[: need.count]
-            picked_ids = {r.resource_id for r in picked}
-            for resource in free:
-                if len(picked) >= need.count:
-                    break
-                if (
-                    resource.kind == need.kind
-                    and resource.category == need.category
-                    and resource.resource_id not in picked_ids
-                    and resource.resource_id not in explicit
-                ):
-                    picked.append(resource)
-                    picked_ids.add(resource.resource_id)
-            if len(picked) < need.count:
-                checked.refuse(
-                    RefusalReason.RESOURCE_UNAVAILABLE,
-                    f"no {need.kind} free at the location for the whole visit",
-                    resource_kind=need.kind,
-                )
-            chosen.extend(picked)
-        checked.resources = chosen
-
     # ---- reschedule, cancel, status moves ---------------------------------------------
 
     async def reschedule(
@@ -959,7 +773,7 @@ class BookingService:
         if replay is not None:
             return replay
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._db() as conn, conn.transaction():
                 row = await self._visible(conn, cmd.appointment_id, principal, lock=True)
                 if not await store.claim_idempotency_key(
                     conn, scope, cmd.idempotency_key, cmd.request_digest, cmd.appointment_id
@@ -977,14 +791,13 @@ class BookingService:
                 async def release_old() -> None:
                     released.extend(await store.release_reservations(conn, row.id))
 
-                checked = await self._check(
+                checked = await self._checker.check(
                     conn,
                     principal,
                     target=cmd.target,
                     visit_type_id=row.visit_type_id,
                     patient_id=row.patient_id,
                     plan_id=row.insurance_plan_id,
-                    requested_hold=cmd.hold_id,
                     own_appointment=row.id,
                     extra_lock=old_keys,
                     pick_resources=True,
@@ -998,11 +811,13 @@ class BookingService:
                 new_starts = (
                     set(checked.starts) if checked.provider_id == row.provider_id else set()
                 )
-                freed_starts = [g[0] for g in old if g[0] not in new_starts]
-                freed = (
-                    await store.set_granules(conn, row.provider_id, freed_starts, status="OPEN")
-                    if freed_starts
-                    else []
+                vacated = await self._vacate(
+                    conn,
+                    row,
+                    [g[0] for g in old if g[0] not in new_starts],
+                    released,
+                    slot_events_pb2.SlotFreed.RESCHEDULE,
+                    now_at=(checked.provider_id, checked.start, checked.end),
                 )
                 await conn.execute(
                     "UPDATE booking.appointments SET provider_id = %s, location_id = %s,"
@@ -1026,8 +841,8 @@ class BookingService:
                     status="BOOKED",
                     appointment_id=row.id,
                 )
-                previous = _placement_of(row, old, released)
-                placement = _placement(checked, granules, reserved)
+                previous = placement_of_row(row, old, released)
+                placement = placement_of_check(checked, granules, reserved)
                 events = [
                     Event(
                         "appointment",
@@ -1038,47 +853,38 @@ class BookingService:
                             visit_type_id=str(row.visit_type_id),
                             previous_placement=previous,
                             placement=placement,
-                            rescheduled_by=_ACTOR[principal.role],
+                            rescheduled_by=ACTOR[principal.role],
                         ),
                     )
                 ]
-                slot_events = [
-                    Event(
-                        "slots",
-                        str(checked.provider_id),
-                        slot_events_pb2.SlotsBooked(
-                            provider_id=str(checked.provider_id),
-                            location_id=str(checked.location_id),
-                            appointment_id=str(row.id),
-                            granules=placement_granules(checked.provider_id, granules),
-                            resources=list(placement.resources),
-                        ),
-                    )
-                ]
-                if freed:
-                    slot_events.insert(
-                        0,
-                        Event(
-                            "slots",
-                            str(row.provider_id),
-                            _freed_event(
-                                row, freed, released, slot_events_pb2.SlotFreed.RESCHEDULE
-                            ),
-                        ),
-                    )
+                booked = Event(
+                    "slots",
+                    str(checked.provider_id),
+                    slot_events_pb2.SlotsBooked(
+                        provider_id=str(checked.provider_id),
+                        location_id=str(checked.location_id),
+                        appointment_id=str(row.id),
+                        granules=placement_granules(checked.provider_id, granules),
+                        resources=list(placement.resources),
+                    ),
+                )
                 await write_events(
                     conn,
                     store.SCHEMA,
                     self._origin(row.organization_id, principal, now, str(row.id)),
-                    events + slot_events,
+                    [
+                        *events,
+                        *vacated,
+                        booked,
+                        *await self._let_go_of_holds(conn, checked),
+                    ],
                 )
         except _KeyTaken:
             replay = await self._replay(scope, cmd.idempotency_key, cmd.request_digest, principal)
             if replay is None:
                 raise Conflict("the request raced with its own retry; retry it") from None
             return replay
-        for hold_id in checked.consumed_holds:
-            await self._holds.forget(hold_id)
+        await self._forget_holds(checked)
         return await self.get(cmd.appointment_id, principal)
 
     async def cancel(
@@ -1089,33 +895,24 @@ class BookingService:
         etag: str,
         principal: Principal,
     ) -> appointment_pb2.Appointment:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._db() as conn, conn.transaction():
             row = await self._visible(conn, appointment_id, principal, lock=True)
             if row.status == Status.CANCELLED:
                 return await self._view(conn, row)
             _check_etag(row, etag)
             now = self._clock()
             check_move(Move.CANCEL, principal, MoveContext(Status(row.status), row.start_time, now))
+            # Granules first, then reservations: the order every booking transaction uses.
+            booked = await store.booked_granules(conn, row.id, row.provider_id, lock=True)
             released = await store.release_reservations(conn, row.id)
-            booked = await store.booked_granules(conn, row.id, row.provider_id)
-            starts = [g[0] for g in booked]
-            conflicts = await store.open_conflict_granules(conn, row.id)
-            events: list[Event] = []
-            if conflicts:
-                # The schedule no longer wants this time (a block landed on the visit): the
-                # granules go to BLOCKED, and staff's conflict is resolved by the cancel.
-                granules = await store.set_granules(conn, row.provider_id, starts, status="BLOCKED")
-                await store.resolve_conflicts(conn, conflicts)
-                slot_event: Any = slot_events_pb2.SlotsBlocked(
-                    provider_id=str(row.provider_id),
-                    location_id=str(row.location_id),
-                    granules=placement_granules(row.provider_id, granules),
-                )
-            else:
-                granules = await store.set_granules(conn, row.provider_id, starts, status="OPEN")
-                slot_event = _freed_event(
-                    row, granules, released, slot_events_pb2.SlotFreed.CANCELLATION
-                )
+            vacated = await self._vacate(
+                conn,
+                row,
+                [g[0] for g in booked],
+                released,
+                slot_events_pb2.SlotFreed.CANCELLATION,
+                now_at=None,
+            )
             note_enc = (
                 self._cipher.encrypt(
                     note, context=field_context("booking.appointments.cancellation_note", row.id)
@@ -1129,38 +926,80 @@ class BookingService:
                 " updated_at = %s WHERE id = %s",
                 (appointment_pb2.CancellationReason.Name(reason), note_enc, now, row.id),
             )
-            placement = _placement_of(row, booked, released)
-            events.append(
-                Event(
-                    "appointment",
-                    str(row.id),
-                    appointment_events_pb2.AppointmentCancelled(
-                        appointment_id=str(row.id),
-                        patient_id=row.patient_id,
-                        visit_type_id=str(row.visit_type_id),
-                        placement=placement,
-                        cancellation_reason=reason,
-                        cancelled_by=_ACTOR[principal.role],
-                    ),
-                )
+            cancelled = appointment_events_pb2.AppointmentCancelled(
+                appointment_id=str(row.id),
+                patient_id=row.patient_id,
+                visit_type_id=str(row.visit_type_id),
+                placement=placement_of_row(row, booked, released),
+                cancellation_reason=reason,
+                cancelled_by=ACTOR[principal.role],
             )
-            if granules:
-                events.append(Event("slots", str(row.provider_id), slot_event))
             await write_events(
                 conn,
                 store.SCHEMA,
                 self._origin(row.organization_id, principal, now, str(row.id)),
-                events,
+                [Event("appointment", str(row.id), cancelled), *vacated],
             )
             updated = await store.get_appointment(conn, row.id)
             assert updated is not None
             return await self._view(conn, updated)
 
+    async def _vacate(
+        self,
+        conn: Connection,
+        row: store.AppointmentRow,
+        starts: Sequence[datetime],
+        released: Sequence[store.ReservationRow],
+        cause: slot_events_pb2.SlotFreed.Cause.ValueType,
+        *,
+        now_at: tuple[uuid.UUID, datetime, datetime] | None,
+    ) -> list[Event]:
+        """Give up the granules `starts` that appointment `row` leaves; the events to write.
+
+        Normally they become OPEN (`SlotFreed`, which feeds the waitlist). If an open
+        schedule conflict names the appointment, a schedule change (an exception, an
+        override) no longer wants that time: the granules become BLOCKED instead
+        (`SlotsBlocked` with the conflict's cause), as materialization would have left them.
+        Conflicts the appointment no longer overlaps (`now_at`: its new provider and time;
+        None when cancelled) are resolved, with `ScheduleConflictResolved`.
+        """
+        conflicts = await store.open_conflicts(conn, row.id)
+        events: list[Event] = []
+        provider = str(row.provider_id)
+        if starts and conflicts:
+            granules = await store.set_granules(conn, row.provider_id, starts, status="BLOCKED")
+            blocked = slot_events_pb2.SlotsBlocked(
+                provider_id=provider,
+                location_id=str(row.location_id),
+                granules=placement_granules(row.provider_id, granules),
+                cause=schedule_resources_pb2.ScheduleConflict.Cause.Value(conflicts[0].cause),
+                cause_id=str(conflicts[0].cause_id or ""),
+            )
+            events.append(Event("slots", provider, blocked))
+        elif starts:
+            granules = await store.set_granules(conn, row.provider_id, starts, status="OPEN")
+            events.append(Event("slots", provider, freed_event(row, granules, released, cause)))
+        settled = [
+            c
+            for c in conflicts
+            if now_at is None
+            or now_at[0] != row.provider_id
+            or not (c.start < now_at[2] and now_at[1] < c.end)
+        ]
+        if settled:
+            await store.resolve_conflicts(conn, [c.id for c in settled])
+        for c in settled:
+            resolved = schedule_events_pb2.ScheduleConflictResolved(
+                conflict_id=str(c.id), provider_id=provider, appointment_id=str(row.id)
+            )
+            events.append(Event("schedule", provider, resolved))
+        return events
+
     async def move(
         self, appointment_id: uuid.UUID, move: Move, etag: str, principal: Principal | None
     ) -> appointment_pb2.Appointment:
         """Check-in, complete, no-show, or (principal None: medsched) confirm."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._db() as conn, conn.transaction():
             actor = principal or Principal(subject="medsched", role=Role.SERVICE)
             row = await self._visible(conn, appointment_id, actor, lock=True)
             _check_etag(row, etag)
@@ -1176,9 +1015,9 @@ class BookingService:
                 appointment_id=str(row.id),
                 patient_id=row.patient_id,
                 provider_id=str(row.provider_id),
-                previous_status=_STATUS_PB[Status(row.status)],
-                status=_STATUS_PB[target],
-                changed_by=_ACTOR[actor.role] if principal else types_pb2.SYSTEM,
+                previous_status=STATUS_PB[Status(row.status)],
+                status=STATUS_PB[target],
+                changed_by=ACTOR[actor.role] if principal else types_pb2.SYSTEM,
             )
             changed.start_time.FromDatetime(row.start_time)
             await write_events(
@@ -1194,12 +1033,20 @@ class BookingService:
     # ---- re-checks of PENDING_VERIFICATION --------------------------------------------
 
     async def recheck_pending(self, limit: int = 50) -> int:
-        """Ask again for appointments booked on a recent verification; returns how many moved."""
-        async with self._pool.connection() as conn:
+        """Ask again for appointments booked on a recent verification; returns how many moved.
+
+        Every replica runs this loop: the due rows are claimed by pushing their next check
+        one interval ahead (rows another replica is claiming are skipped), so two replicas
+        do not ask the payer twice for one appointment.
+        """
+        now = self._clock()
+        async with self._db() as conn, conn.transaction():
             cursor = await conn.execute(
-                "SELECT id FROM booking.appointments WHERE status = 'PENDING_VERIFICATION'"
-                " AND next_check_at <= %s ORDER BY next_check_at LIMIT %s",
-                (self._clock(), limit),
+                "UPDATE booking.appointments SET next_check_at = %s WHERE id IN ("
+                " SELECT id FROM booking.appointments WHERE status = 'PENDING_VERIFICATION'"
+                " AND next_check_at <= %s ORDER BY next_check_at LIMIT %s"
+                " FOR UPDATE SKIP LOCKED) RETURNING id",
+                (now + self._config.recheck_interval, now, limit),
             )
             due = [row[0] for row in await cursor.fetchall()]
         moved = 0
@@ -1211,20 +1058,20 @@ class BookingService:
         return moved
 
     async def _recheck_one(self, appointment_id: uuid.UUID) -> int:
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             row = await store.get_appointment(conn, appointment_id)
         if row is None or row.status != Status.PENDING_VERIFICATION:
             return 0
         verdict: Eligibility | None = None
         if row.eligibility_check_id:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                verdict = _eligibility_of(
+                verdict = verdict_of(
                     await self._eligibility.get(row.eligibility_check_id, timeout_s=5.0)
                 )
-        if verdict is None or verdict.status == _ERROR:
+        if verdict is None or verdict.status == eligibility_pb2.ERROR:
             verdict = await self._ask_again(row)
         now = self._clock()
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._db() as conn, conn.transaction():
             current = await store.get_appointment(conn, appointment_id, lock=True)
             if current is None or current.status != Status.PENDING_VERIFICATION:
                 return 0
@@ -1239,7 +1086,7 @@ class BookingService:
             await self.move(appointment_id, Move.CONFIRM, "", None)
             return 1
         final = verdict.status in (eligibility_pb2.INACTIVE, eligibility_pb2.NOT_FOUND)
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._db() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE booking.appointments SET eligibility_check_id = %s,"
                 " eligibility_status = %s, check_attempts = check_attempts + 1,"
@@ -1247,7 +1094,7 @@ class BookingService:
                 " AND status = 'PENDING_VERIFICATION'",
                 (
                     verdict.check_id or row.eligibility_check_id,
-                    _STATUS_NAME.get(verdict.status, "ERROR"),
+                    STATUS_NAME.get(verdict.status, "ERROR"),
                     final,
                     now + self._config.recheck_interval,
                     appointment_id,
@@ -1263,10 +1110,10 @@ class BookingService:
             if row.member_id_enc
             else ""
         )
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             rules = await store.visit_type_rules(conn, row.visit_type_id, row.provider_id)
         if rules is None or not member:
-            return Eligibility(_ERROR)
+            return Eligibility(eligibility_pb2.ERROR)
         request = CheckRequest(
             organization_id=str(row.organization_id),
             patient_id=row.patient_id,
@@ -1288,12 +1135,12 @@ class BookingService:
         request.max_cache_age.FromTimedelta(timedelta(0))
         request.max_wait.FromTimedelta(timedelta(seconds=3))
         try:
-            return _eligibility_of(await self._eligibility.check(request, timeout_s=5.0))
+            return verdict_of(await self._eligibility.check(request, timeout_s=5.0))
         except grpc.aio.AioRpcError:
-            return Eligibility(_ERROR)
+            return Eligibility(eligibility_pb2.ERROR)
 
     async def prune(self) -> int:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._db() as conn, conn.transaction():
             return await store.prune_idempotency_keys(conn, self._config.idempotency_retention_days)
 
     # ---- reads ------------------------------------------------------------------------
@@ -1301,7 +1148,7 @@ class BookingService:
     async def get(
         self, appointment_id: uuid.UUID, principal: Principal
     ) -> appointment_pb2.Appointment:
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             row = await self._visible(conn, appointment_id, principal)
             return await self._view(conn, row)
 
@@ -1331,7 +1178,7 @@ class BookingService:
         principal: Principal,
     ) -> list[appointment_pb2.Appointment]:
         _require_staff_of(principal, organization_id)
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             cursor = await conn.execute(
                 f"SELECT {store.APPOINTMENT_COLUMNS} FROM booking.appointments"
                 " WHERE organization_id = %s AND provider_id = %s"
@@ -1359,7 +1206,7 @@ class BookingService:
         principal: Principal,
     ) -> list[appointment_pb2.Appointment]:
         _require_staff_of(principal, organization_id)
-        async with self._pool.connection() as conn:
+        async with self._db() as conn:
             cursor = await conn.execute(
                 "SELECT l.time_zone FROM availability.resources r"
                 " JOIN availability.locations l ON l.id = r.location_id"
@@ -1380,7 +1227,7 @@ class BookingService:
                 " WHERE a.organization_id = %s AND a.start_time >= %s AND a.start_time < %s"
                 " AND (%s OR a.status <> 'CANCELLED')"
                 " AND EXISTS (SELECT 1 FROM booking.reservations r WHERE r.appointment_id = a.id"
-                "   AND r.resource_id = %s AND r.during = tstzrange(a.start_time, a.end_time))"
+                f"   AND r.resource_id = %s AND {store.CURRENT_RESERVATION})"
                 " ORDER BY a.start_time, a.id",
                 (organization_id, day_start, day_end, include_cancelled, resource_id),
             )
@@ -1410,8 +1257,10 @@ class BookingService:
         if principal.role is Role.STAFF:
             orgs = [uuid.UUID(o) for o in principal.organization_ids if _is_uuid(o)]
         if organization_id is not None:
-            orgs = [o for o in (orgs or [organization_id]) if o == organization_id]
-        async with self._pool.connection() as conn:
+            if orgs is not None and organization_id not in orgs:
+                raise PermissionDenied("not a member of this organization")
+            orgs = [organization_id]
+        async with self._db() as conn:
             cursor = await conn.execute(
                 f"SELECT {store.APPOINTMENT_COLUMNS} FROM booking.appointments"
                 " WHERE patient_id = %s AND start_time >= %s"
@@ -1450,69 +1299,9 @@ class BookingService:
         self, conn: Connection, rows: Sequence[store.AppointmentRow]
     ) -> list[appointment_pb2.Appointment]:
         reservations = await store.reservations_of(conn, [r.id for r in rows])
-        return [self._message(row, reservations.get(row.id, [])) for row in rows]
-
-    def _message(
-        self, row: store.AppointmentRow, reservations: Sequence[store.ReservationRow]
-    ) -> appointment_pb2.Appointment:
-        def dec(column: str, blob: bytes | None) -> bytes:
-            if not blob:
-                return b""
-            return self._cipher.decrypt(
-                blob, context=field_context(f"booking.appointments.{column}", row.id)
-            )
-
-        message = appointment_pb2.Appointment(
-            appointment_id=str(row.id),
-            organization_id=str(row.organization_id),
-            patient_id=row.patient_id,
-            provider_id=str(row.provider_id),
-            location_id=str(row.location_id),
-            visit_type_id=str(row.visit_type_id),
-            slot_id=slot_id(row.provider_id, row.start_time),
-            local_start_time=row.start_time.astimezone(ZoneInfo(row.time_zone)).isoformat(),
-            time_zone=row.time_zone,
-            status=_STATUS_PB[Status(row.status)],
-            visit_reason=dec("visit_reason", row.visit_reason_enc).decode(),
-            insurance_plan_id=row.insurance_plan_id,
-            insurance_payer_id=row.insurance_payer_id,
-            insurance_member_id=dec("member_id", row.member_id_enc).decode(),
-            cancellation_note=dec("cancellation_note", row.cancellation_note_enc).decode(),
-            confirmation_code=row.confirmation_code,
-            booked_by=types_pb2.ActorRole.Value(row.booked_by),
-            etag=etag_of(row.version),
-        )
-        message.start_time.FromDatetime(row.start_time)
-        message.end_time.FromDatetime(row.end_time)
-        message.create_time.FromDatetime(row.created_at)
-        message.update_time.FromDatetime(row.updated_at)
-        if row.cancellation_reason:
-            message.cancellation_reason = appointment_pb2.CancellationReason.Value(
-                row.cancellation_reason
-            )
-        demographics = dec("demographics", row.demographics_enc)
-        if demographics:
-            message.patient_demographics.ParseFromString(demographics)
-        if row.eligibility_check_id or row.eligibility_status:
-            summary = message.eligibility
-            summary.check_id = row.eligibility_check_id
-            if row.eligibility_status:
-                summary.status = eligibility_pb2.EligibilityStatus.Value(row.eligibility_status)
-            if row.eligibility_verified_at is not None:
-                summary.verify_time.FromDatetime(row.eligibility_verified_at)
-            if row.next_check_at is not None:
-                summary.next_check_time.FromDatetime(row.next_check_at)
-        for r in reservations:
-            if r.resource_type == "PROVIDER":
-                continue
-            item = message.reservations.add(
-                resource_id=str(r.resource_id),
-                category=types_pb2.ResourceCategory.Value(r.resource_type),
-                kind=r.kind,
-            )
-            item.start_time.FromDatetime(r.start)
-            item.end_time.FromDatetime(r.end)
-        return message
+        return [
+            appointment_message(row, reservations.get(row.id, []), self._cipher) for row in rows
+        ]
 
     def _origin(
         self,
@@ -1524,7 +1313,7 @@ class BookingService:
         return Origin(
             organization_id=str(organization_id),
             occurred_at=now,
-            actor_role=_ACTOR[principal.role] if principal else types_pb2.SYSTEM,
+            actor_role=ACTOR[principal.role] if principal else types_pb2.SYSTEM,
             # Patients' subjects are ids, never names; staff subjects are staff ids.
             actor_id=principal.subject if principal else "",
             correlation_id=correlation_id,
@@ -1540,75 +1329,37 @@ class _Prelude:
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-_RACE = frozenset(
-    {RefusalReason.TAKEN, RefusalReason.HELD_BY_OTHER, RefusalReason.RESOURCE_UNAVAILABLE}
-)
-_ELIGIBILITY_REFUSALS = {
-    eligibility_pb2.INACTIVE: RefusalReason.ELIGIBILITY_INACTIVE,
-    eligibility_pb2.NOT_FOUND: RefusalReason.ELIGIBILITY_NOT_FOUND,
-}
-_STATUS_PB = {
-    Status.BOOKED: appointment_pb2.Appointment.BOOKED,
-    Status.PENDING_VERIFICATION: appointment_pb2.Appointment.PENDING_VERIFICATION,
-    Status.CHECKED_IN: appointment_pb2.Appointment.CHECKED_IN,
-    Status.COMPLETED: appointment_pb2.Appointment.COMPLETED,
-    Status.NO_SHOW: appointment_pb2.Appointment.NO_SHOW,
-    Status.CANCELLED: appointment_pb2.Appointment.CANCELLED,
-}
-_STATUS_NAME = {
-    eligibility_pb2.ACTIVE: "ACTIVE",
-    eligibility_pb2.INACTIVE: "INACTIVE",
-    eligibility_pb2.NOT_FOUND: "NOT_FOUND",
-    eligibility_pb2.ERROR: "ERROR",
-    eligibility_pb2.PENDING: "PENDING",
-}
+
+def consumed_hold(requested: uuid.UUID | None, checked: Checked) -> uuid.UUID | None:
+    """The hold a booking consumed: the one it named, else the patient's only one, if any."""
+    if requested is not None and requested in checked.consumed_holds:
+        return requested
+    if requested is None and len(checked.consumed_holds) == 1:
+        return next(iter(checked.consumed_holds))
+    return None
 
 
-def _eligibility_of(answer: Check) -> Eligibility:
-    verified = (
-        answer.response_time.ToDatetime(tzinfo=UTC) if answer.HasField("response_time") else None
-    )
-    return Eligibility(status=answer.status, check_id=answer.check_id, verified_at=verified)
+async def _done_within(task: asyncio.Task[Any], seconds: float) -> bool:
+    """Whether `task` finishes within `seconds` (it keeps running either way)."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    return bool(done)
 
 
-_ELIGIBILITY_FIELDS = {
-    "member_id": "insurance_member_id",
-    "payer_id": "insurance_payer_id",
-    "plan_id": "insurance_plan_id",
-}
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Stop a task whose answer is no longer wanted, without leaving its error unretrieved."""
+    if not task.done():
+        task.cancel()
+    task.add_done_callback(_retrieve)
 
 
-def _eligibility_invalid(error: grpc.aio.AioRpcError) -> InvalidArgument:
-    """The eligibility service's field violations, named by this request's field paths."""
-    import google.rpc.error_details_pb2 as error_details_pb2  # type: ignore[import-untyped, unused-ignore]
-
-    from common.grpc_client import status_details
-
-    violations: list[FieldViolation] = []
-    status = status_details(error)
-    for detail in status.details if status is not None else ():
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            for v in bad.field_violations:
-                head, _, rest = v.field.partition(".")
-                name = _ELIGIBILITY_FIELDS.get(head, head)
-                violations.append(FieldViolation(f"{name}.{rest}" if rest else name, v.description))
-    if not violations:
-        violations.append(
-            FieldViolation("insurance_member_id", "was refused by the eligibility check")
-        )
-    return InvalidArgument(violations)
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _authorize_patient(principal: Principal, patient_id: str) -> None:
     if principal.role is Role.PATIENT and principal.patient_id != patient_id:
         raise PermissionDenied("patients may book and hold only for themselves")
-
-
-def _may_see_org(principal: Principal, organization_id: uuid.UUID) -> bool:
-    if principal.role is Role.STAFF:
-        return str(organization_id) in principal.organization_ids
-    return True
 
 
 def _may_act_for(principal: Principal, patient_id: str, organization_id: str) -> bool:
@@ -1632,91 +1383,6 @@ def _check_etag(row: store.AppointmentRow, etag: str) -> None:
             "the appointment changed since it was read; read it again and retry",
             reasons=[Reason("ETAG_MISMATCH", str(row.id))],
         )
-
-
-def _granules(
-    provider_id: uuid.UUID, granules: Sequence[tuple[datetime, datetime, int]]
-) -> list[slot_events_pb2.Granule]:
-    return placement_granules(provider_id, granules)
-
-
-def placement_granules(
-    provider_id: uuid.UUID, granules: Sequence[tuple[datetime, datetime, int]]
-) -> list[slot_events_pb2.Granule]:
-    out = []
-    for start, end, version in granules:
-        g = slot_events_pb2.Granule(slot_id=slot_id(provider_id, start), version=version)
-        g.start_time.FromDatetime(start)
-        g.end_time.FromDatetime(end)
-        out.append(g)
-    return out
-
-
-def _spans(rows: Sequence[store.ReservationRow]) -> list[slot_events_pb2.ResourceSpan]:
-    spans = []
-    for r in rows:
-        if r.resource_type == "PROVIDER":
-            continue
-        span = slot_events_pb2.ResourceSpan(resource_id=str(r.resource_id))
-        span.start_time.FromDatetime(r.start)
-        span.end_time.FromDatetime(r.end)
-        spans.append(span)
-    return spans
-
-
-def _placement(
-    checked: Checked,
-    granules: Sequence[tuple[datetime, datetime, int]],
-    reserved: Sequence[store.ReservationRow],
-) -> appointment_events_pb2.AppointmentPlacement:
-    placement = appointment_events_pb2.AppointmentPlacement(
-        provider_id=str(checked.provider_id),
-        location_id=str(checked.location_id),
-        time_zone=checked.time_zone,
-        slot_ids=[slot_id(checked.provider_id, g[0]) for g in granules],
-        resources=_spans(reserved),
-    )
-    placement.start_time.FromDatetime(checked.start)
-    placement.end_time.FromDatetime(checked.end)
-    return placement
-
-
-def _placement_of(
-    row: store.AppointmentRow,
-    granules: Sequence[tuple[datetime, datetime]],
-    released: Sequence[store.ReservationRow],
-) -> appointment_events_pb2.AppointmentPlacement:
-    placement = appointment_events_pb2.AppointmentPlacement(
-        provider_id=str(row.provider_id),
-        location_id=str(row.location_id),
-        time_zone=row.time_zone,
-        slot_ids=[slot_id(row.provider_id, g[0]) for g in granules],
-        resources=_spans(released),
-    )
-    placement.start_time.FromDatetime(row.start_time)
-    placement.end_time.FromDatetime(row.end_time)
-    return placement
-
-
-def _freed_event(
-    row: store.AppointmentRow,
-    granules: Sequence[tuple[datetime, datetime, int]],
-    released: Sequence[store.ReservationRow],
-    cause: slot_events_pb2.SlotFreed.Cause.ValueType,
-) -> slot_events_pb2.SlotFreed:
-    freed = slot_events_pb2.SlotFreed(
-        provider_id=str(row.provider_id),
-        location_id=str(row.location_id),
-        granules=placement_granules(row.provider_id, granules),
-        resources=_spans(released),
-        cause=cause,
-        appointment_id=str(row.id),
-        visit_type_id=str(row.visit_type_id),
-    )
-    if granules:
-        freed.start_time.FromDatetime(granules[0][0])
-        freed.end_time.FromDatetime(granules[-1][1])
-    return freed
 
 
 def _encode_token(start: datetime, appointment_id: uuid.UUID) -> str:
@@ -1745,4 +1411,4 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-__all__ = ["BookingConfig", "BookingService", "replace"]
+__all__ = ["BookingConfig", "BookingService", "slot_id"]

@@ -269,16 +269,20 @@ async def set_granules(
 
 
 async def release_hold_granules(
-    conn: Connection, hold_id: uuid.UUID
+    conn: Connection, hold_id: uuid.UUID, *, skip_locked: bool = False
 ) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, list[tuple[datetime, datetime, int]]] | None:
-    """HELD granules of `hold_id` back to OPEN; (org, provider, location, granules) or None."""
+    """HELD granules of `hold_id` back to OPEN; (org, provider, location, granules) or None.
+
+    `skip_locked` leaves out granules another transaction has locked instead of waiting.
+    """
+    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
     cursor = await conn.execute(
-        """
+        f"""
         WITH held AS (
             SELECT provider_id, start_time FROM availability.slots
             WHERE hold_id = %s AND status = 'HELD'
             ORDER BY provider_id, start_time
-            FOR UPDATE
+            {lock}
         )
         UPDATE availability.slots s
         SET status = 'OPEN', version = s.version + 1, hold_id = NULL, updated_at = now()
@@ -379,6 +383,20 @@ async def get_appointment(
     return None if row is None else AppointmentRow(*row)
 
 
+# The reservations that belong to an appointment's current placement, as a predicate on
+# `booking.reservations r`: the live ones, or, once it is cancelled (nothing live), the set the
+# cancel released. A reschedule releases the old set in its own transaction, so the old set
+# has an earlier `released_at` than the cancel's and never counts, even when the time stayed
+# the same and only the provider or room changed. (`release_reservations` stamps one
+# `statement_timestamp()` per release, taken after the appointment's row lock, so releases of
+# one appointment are strictly ordered.)
+CURRENT_RESERVATION = """
+    r.released_at IS NOT DISTINCT FROM (
+        SELECT CASE WHEN bool_or(x.released_at IS NULL) THEN NULL ELSE max(x.released_at) END
+        FROM booking.reservations x WHERE x.appointment_id = r.appointment_id)
+"""
+
+
 async def reservations_of(
     conn: Connection, appointment_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[ReservationRow]]:
@@ -387,14 +405,11 @@ async def reservations_of(
     if not appointment_ids:
         return found
     cursor = await conn.execute(
-        """
-        SELECT DISTINCT ON (r.appointment_id, r.resource_id)
-               r.appointment_id, r.resource_id, r.resource_type, r.kind, lower(r.during),
+        f"""
+        SELECT r.appointment_id, r.resource_id, r.resource_type, r.kind, lower(r.during),
                upper(r.during)
         FROM booking.reservations r
-        JOIN booking.appointments a ON a.id = r.appointment_id
-        WHERE r.appointment_id = ANY(%s) AND r.during = tstzrange(a.start_time, a.end_time)
-        ORDER BY r.appointment_id, r.resource_id, r.id DESC
+        WHERE r.appointment_id = ANY(%s) AND {CURRENT_RESERVATION}
         """,
         (list(appointment_ids),),
     )
@@ -431,7 +446,7 @@ async def insert_reservation(
 async def release_reservations(conn: Connection, appointment_id: uuid.UUID) -> list[ReservationRow]:
     cursor = await conn.execute(
         """
-        UPDATE booking.reservations SET released_at = clock_timestamp()
+        UPDATE booking.reservations SET released_at = statement_timestamp()
         WHERE appointment_id = %s AND released_at IS NULL
         RETURNING resource_id, resource_type, kind, lower(during), upper(during)
         """,
@@ -445,25 +460,39 @@ async def release_reservations(conn: Connection, appointment_id: uuid.UUID) -> l
 
 
 async def booked_granules(
-    conn: Connection, appointment_id: uuid.UUID, provider_id: uuid.UUID
+    conn: Connection, appointment_id: uuid.UUID, provider_id: uuid.UUID, *, lock: bool = False
 ) -> list[tuple[datetime, datetime]]:
+    """The appointment's BOOKED granules in time order; `lock` row-locks them in that order
+    (the global lock order of `lock_granules`), for a caller that changes only these."""
+    suffix = " FOR UPDATE" if lock else ""
     cursor = await conn.execute(
         "SELECT start_time, end_time FROM availability.slots"
         " WHERE provider_id = %s AND appointment_id = %s AND status = 'BOOKED'"
-        " ORDER BY start_time",
+        f" ORDER BY start_time{suffix}",
         (provider_id, appointment_id),
     )
     return [(row[0], row[1]) for row in await cursor.fetchall()]
 
 
-async def open_conflict_granules(conn: Connection, appointment_id: uuid.UUID) -> list[uuid.UUID]:
-    """OPEN schedule conflicts naming the appointment (the schedule no longer wants its time)."""
+@dataclass(frozen=True)
+class OpenConflict:
+    """An OPEN schedule conflict naming an appointment: the schedule no longer wants its time."""
+
+    id: uuid.UUID
+    start: datetime
+    end: datetime
+    cause: str  # EXCEPTION | OVERRIDE | TEMPLATE_CHANGE
+    cause_id: uuid.UUID | None
+
+
+async def open_conflicts(conn: Connection, appointment_id: uuid.UUID) -> list[OpenConflict]:
     cursor = await conn.execute(
-        "SELECT id FROM availability.schedule_conflicts"
-        " WHERE appointment_id = %s AND state = 'OPEN'",
+        "SELECT id, start_time, end_time, cause, cause_id FROM availability.schedule_conflicts"
+        " WHERE appointment_id = %s AND state = 'OPEN' ORDER BY start_time, id"
+        " FOR UPDATE",
         (appointment_id,),
     )
-    return [row[0] for row in await cursor.fetchall()]
+    return [OpenConflict(*row) for row in await cursor.fetchall()]
 
 
 async def resolve_conflicts(conn: Connection, conflict_ids: Sequence[uuid.UUID]) -> None:

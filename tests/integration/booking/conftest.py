@@ -97,6 +97,10 @@ class Booking:
     signer: PrincipalSigner
     simulator: PayerSimulator
     channel: grpc.aio.Channel
+    # Where the booking server listens, for tests that open channels of their own.
+    address: str = ""
+    # The keyed-hash index the booking service uses (member id digests of verifications).
+    blind_index: BlindIndex | None = None
 
     def patient(self, patient_id: str) -> Principal:
         return Principal(subject=f"user-{patient_id}", role=Role.PATIENT, patient_id=patient_id)
@@ -242,12 +246,103 @@ async def running_booking(
     await server.set_serving()
     booking_channel = channel(server.address, tls=None)
     try:
-        yield Booking(clinic, pool, redis, service, cipher, signer, simulator, booking_channel)
+        yield Booking(
+            clinic,
+            pool,
+            redis,
+            service,
+            cipher,
+            signer,
+            simulator,
+            booking_channel,
+            address=server.address,
+            blind_index=blind_index,
+        )
     finally:
         await booking_channel.close(None)
         await server.stop(1.0)
         await elig_channel.close(None)
         await elig_server.stop(1.0)
+        await eligibility.close(grace_s=1.0)
+        await client.close()
+        await simulator.stop()
+
+
+@dataclass
+class EligibilityServer:
+    """The payer simulator and the eligibility service behind a gRPC server, nothing else."""
+
+    address: str
+    simulator: PayerSimulator
+
+
+@asynccontextmanager
+async def running_eligibility(
+    pool: Pool,
+    redis: aioredis.Redis,
+    clinic: Clinic,
+    pki: DevPki,
+    unique: str,
+    signer: PrincipalSigner,
+    *,
+    payer_latency_s: float = 0.01,
+) -> AsyncIterator[EligibilityServer]:
+    """Payer simulator -> eligibility (gRPC) on a free port, for a booking service run as
+    its own process (which reaches it through MEDSCHED_SERVICE_ADDRS). Callers' principals
+    are verified with `signer`, the key the booking process forwards them under."""
+    cipher = FieldCipher(KeyRing.generate("elig1"))
+    blind_index = BlindIndex(secrets.token_bytes(32))
+    simulator = await start_payer(pki, payer_latency_s)
+    client = ClearinghouseClient(ClientConfig(breaker=BreakerConfig(failure_threshold=50)))
+    await client.start()
+    route = PayerRoute(
+        payer_id=PAYER_ID,
+        endpoint=f"{simulator.base_url}/core/soap",
+        transport=Transport.SOAP,
+        sender_id="MEDSCHED",
+        receiver_id=PAYER_ID,
+        username="medsched",
+        password="medsched-dev-password",
+        payer_name="SIMULATED HEALTH PLAN",
+        payer_identifier="SIM001",
+        ca_file=pki.ca_cert,
+    )
+    routes = RoutingTable(
+        {PAYER_ID: route},
+        {
+            str(clinic.organization_id): ProviderIdentity(
+                str(clinic.organization_id), "CLINIC", NPI, "America/New_York"
+            )
+        },
+    )
+    eligibility = EligibilityService(
+        pool=pool,
+        cache=EligibilityCache(redis, cipher, blind_index, prefix=f"test:{unique}:elig"),
+        cipher=cipher,
+        blind_index=blind_index,
+        client=client,
+        routes=routes,
+        config=EligibilityConfig(payer_timeout_s=5.0, default_wait_s=2.0),
+    )
+    server: ServerHandle = await create_server(
+        service_name="eligibility",
+        listen="127.0.0.1:0",
+        tls=None,
+        servicers=[
+            Registration.of(
+                eligibility_service_pb2_grpc.add_EligibilityServiceServicer_to_server,
+                EligibilityServicer(lambda: eligibility),
+                ELIGIBILITY_SERVICE,
+            )
+        ],
+        principal_verifier=signer,
+    )
+    await server.start()
+    await server.set_serving()
+    try:
+        yield EligibilityServer(server.address, simulator)
+    finally:
+        await server.stop(1.0)
         await eligibility.close(grace_s=1.0)
         await client.close()
         await simulator.stop()

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from availability_svc.materializer import EventContext, materialize_organization
 from common.db import Connection, Pool
+from medsched.events.v1 import envelope_pb2
 
 TIME_ZONE = "America/New_York"
 ZONE = ZoneInfo(TIME_ZONE)
@@ -191,3 +192,25 @@ async def _template(
             " visit_type_id) VALUES (%s, %s, %s)",
             (org, template, visit_type),
         )
+
+
+# ---- reading what booking wrote ------------------------------------------------------------
+
+
+async def outbox_position(pool: Pool) -> int:
+    """The id of the newest booking outbox row (0 if none): read events written after it."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT coalesce(max(id), 0) FROM booking.outbox")
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def outbox_events(pool: Pool, after: int = 0) -> list[envelope_pb2.EventEnvelope]:
+    """The booking outbox's envelopes written after row `after`, decoded, in row order."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT payload FROM booking.outbox WHERE id > %s ORDER BY id", (after,)
+        )
+        rows = await cursor.fetchall()
+    return [envelope_pb2.EventEnvelope.FromString(bytes(row[0])) for row in rows]
