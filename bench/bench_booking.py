@@ -20,8 +20,8 @@ Measured, milliseconds from sending `BookAppointment` to its answer:
    slower than the budget allows refuses the booking (ELIGIBILITY_UNVERIFIED) when the
    patient has no recent verification. Then the eligibility cache is emptied and the same
    patients book again: now a slow payer gives PENDING_VERIFICATION (recent verification).
-   Each pair of runs at each `--slow-in-flight` (the booking process's pool has 10
-   connections, and an insured booking keeps one while it waits for the payer);
+   Each pair of runs at each `--slow-in-flight` (a booking holds a pool connection only
+   for its own short transactions, never while the payer answers);
 4. `contended`: `--clients` callers, all on `--contended-starts` start times (self-pay):
    attempts per second, almost all refused as taken;
 5. `distinct`: `--clients` callers, each attempt on a start time of its own (self-pay):

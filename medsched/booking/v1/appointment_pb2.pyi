@@ -484,8 +484,8 @@ class BookingRefusal(_message.Message):
     `medsched.booking.v1`. The status code is `ABORTED` (HTTP 409) when every
     violation says the time was taken (`TAKEN`, `HELD_BY_OTHER`,
     `RESOURCE_UNAVAILABLE`): another request got there first, pick another time.
-    Otherwise it is `FAILED_PRECONDITION` (HTTP 400). Nothing is kept from a
-    refused request.
+    Otherwise it is `FAILED_PRECONDITION` (also HTTP 409 through the gateway, with
+    problem type `failed-precondition`). Nothing is kept from a refused request.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
