@@ -53,7 +53,7 @@ import heapq
 import math
 import sys
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
@@ -74,6 +74,7 @@ from availability_svc.domain import (
     validate_granule_minutes,
 )
 from availability_svc.geo import (
+    EARTH_RADIUS_KM,
     KM_PER_MILE,
     DistanceUnit,
     Place,
@@ -140,6 +141,11 @@ class DenseIds:
     def key(self, number: int) -> str:
         """The external id of `number`."""
         return self._keys[number]
+
+    @property
+    def keys(self) -> Sequence[str]:
+        """External ids by number (a read-only view for lookups in bulk; do not modify)."""
+        return self._keys
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -339,12 +345,26 @@ class SearchPage:
     """A page of hits in the query's order; `next_cursor` is None on the last page.
 
     `next_after` is the last hit's `SortKey` when there is a next page (what `next_cursor`
-    encodes), for callers that build their own page tokens.
+    encodes), for callers that build their own page tokens. The cursor text is only made
+    when asked for: callers with their own tokens never pay for it.
     """
 
     hits: tuple[SearchHit, ...]
-    next_cursor: str | None
     next_after: SortKey | None = None
+    query: SearchQuery | None = field(default=None, repr=False, compare=False)
+    """The query this page answers (encodes the cursor)."""
+
+    @property
+    def next_cursor(self) -> str | None:
+        """Opaque cursor for the next page of the same query, or None on the last page."""
+        if self.next_after is None or self.query is None:
+            return None
+        return _encode_cursor(self.query, self.next_after)
+
+    @property
+    def more(self) -> bool:
+        """Whether another page follows."""
+        return self.next_after is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +391,7 @@ class _Cursor(NamedTuple):
     location_key: str
 
 
-_EMPTY_PAGE = SearchPage((), None)
+_EMPTY_PAGE = SearchPage(())
 _NO_PAIRS: dict[int, int] = {}
 
 
@@ -534,8 +554,7 @@ class AvailabilityIndex:
         self._ranks_dirty = False
 
         self._geo_lat: list[float] = []
-        self._geo_lon: npt.NDArray[np.float64] = np.zeros(0)
-        self._geo_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._geo_places: list[tuple[float, int]] = []
         self._geo_dirty = False
         self._zone_tables: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.int16]]] = {}
         self._mask_cache: dict[tuple[Any, ...], int] = {}
@@ -954,6 +973,13 @@ class AvailabilityIndex:
         if cursor is not None:
             cursor_position = (cursor.start_utc - self._base_s) // self._granule_s - lo
 
+        if cursor is None and query.near is not None and query.radius is not None:
+            # The common shape (a first page around a point) has a loop of its own.
+            found = self._radius_matches(
+                query, candidates, visit_type, lo, width, span, steps, zone_masks
+            )
+            return self._page(query, found, order_width, lo, width, duration, visit_type)
+
         for location_id, distance, members in self._groups(query, candidates, visit_type):
             zone = location_zones.get(location_id)
             if zone is None:
@@ -995,6 +1021,98 @@ class AvailabilityIndex:
                     )
 
         return self._page(query, found, order_width, lo, width, duration, visit_type)
+
+    def _radius_matches(
+        self,
+        query: SearchQuery,
+        candidates: int,
+        visit_type: VisitTypeEntry | None,
+        lo: int,
+        width: int,
+        span: int,
+        steps: tuple[int, ...],
+        zone_masks: dict[str, int],
+    ) -> list[_Match]:
+        """The matches of a first page (no cursor) within a radius: `_groups` and the pair
+        loop of `search` in one pass, with the distance computed inline.
+
+        Gives exactly what the general loop gives (the tests compare both); it exists
+        because this is what nearly every search asks and each step here runs for dozens
+        of locations and pairs per search.
+        """
+        near = query.near
+        radius = query.radius
+        assert near is not None
+        assert radius is not None
+        allowed = _allowed_locations(query, visit_type)
+        open_by_provider = self._open
+        places = self._places
+        location_zones = self._location_zones
+        location_rank = self._location_rank
+        provider_rank = self._provider_rank
+        location_count = len(location_rank)
+        needs = () if visit_type is None else visit_type.resource_needs
+        duration = 1 if visit_type is None else visit_type.duration_granules
+        radius_km = to_km(radius, query.unit)
+        origin = place(near.latitude, near.longitude)
+        phi, lmb, cos_phi = origin
+        sin, asin, sqrt = math.sin, math.asin, math.sqrt
+        masks = (
+            self._at_location
+            if visit_type is None
+            else self._offering_at.get(visit_type.id, _NO_PAIRS)
+        )
+        masks_get = masks.get
+        window = span << lo
+        found: list[_Match] = []
+        for location_id in self._locations_in_box(near, radius_km):
+            here = masks_get(location_id, 0) & candidates
+            if not here or (allowed is not None and location_id not in allowed):
+                continue
+            where = places[location_id]
+            # distance_km(origin, where), written out (same operations, same result).
+            h = (
+                sin((where.phi - phi) / 2) ** 2
+                + cos_phi * where.cos_phi * sin((where.lmb - lmb) / 2) ** 2
+            )
+            distance = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(h)))
+            if distance > radius_km:
+                continue
+            zone = location_zones.get(location_id)
+            if zone is None:
+                continue  # a location not registered yet is not searchable
+            mask = zone_masks.get(zone)
+            if mask is None:
+                mask = zone_masks[zone] = self._zone_mask(zone, query, lo, lo + width)
+            if needs:
+                mask &= self._resource_starts(location_id, needs, duration, lo, width)
+            if not mask:
+                continue
+            rank_here = location_rank[location_id]
+            # Starts are worked out in grid positions (window bits cut out with one AND,
+            # which costs less than shifting the whole row down) and shifted at the end.
+            mask <<= lo
+            while here:  # a handful of providers per location: peel the bits off the top
+                provider_id = here.bit_length() - 1
+                here ^= 1 << provider_id
+                starts = open_by_provider[provider_id][location_id] & window
+                for step in steps:
+                    starts &= starts >> step
+                starts &= mask
+                if starts:
+                    starts >>= lo
+                    low = starts & -starts
+                    found.append(
+                        (
+                            low.bit_length() - 1,
+                            provider_rank[provider_id] * location_count + rank_here,
+                            starts ^ low,
+                            provider_id,
+                            location_id,
+                            distance,
+                        )
+                    )
+        return found
 
     def _groups(
         self, query: SearchQuery, candidates: int, visit_type: VisitTypeEntry | None
@@ -1254,7 +1372,7 @@ class AvailabilityIndex:
             else:
                 pop(heap)
         if not heap:
-            return SearchPage(tuple(hits), None)
+            return SearchPage(tuple(hits))
         last = hits[-1]
         last_key = (
             (found[index][5] or 0.0) if query.sort is SortOrder.DISTANCE else 0.0,
@@ -1262,7 +1380,7 @@ class AvailabilityIndex:
             self._provider_keys[last.provider_id],
             self._location_keys[last.location_id],
         )
-        return SearchPage(tuple(hits), _encode_cursor(query, last_key), last_key)
+        return SearchPage(tuple(hits), last_key, query)
 
     def _order_width(self) -> int:
         """Number of distinct (provider, location) ranks; recomputes ranks after changes.
@@ -1278,19 +1396,20 @@ class AvailabilityIndex:
         return max(1, len(self._provider_rank) * len(self._location_rank))
 
     def _locations_in_box(self, point: GeoPoint, radius_km: float) -> list[int]:
-        """Locations inside the bounding box of the circle (a superset of those within it)."""
+        """Locations inside the bounding box of the circle (a superset of those within it),
+        in latitude order."""
         if self._geo_dirty:
             ordered = sorted(self._locations.values(), key=lambda e: e.latitude)
             self._geo_lat = [e.latitude for e in ordered]
-            self._geo_lon = np.array([e.longitude for e in ordered], dtype=np.float64)
-            self._geo_ids = np.array([e.id for e in ordered], dtype=np.int64)
+            self._geo_places = [(e.longitude, e.id) for e in ordered]
             self._geo_dirty = False
         min_lat, max_lat, min_lon, max_lon = bounding_box(point[0], point[1], radius_km)
-        first = bisect_left(self._geo_lat, min_lat)
-        band = self._geo_lon[first : bisect_right(self._geo_lat, max_lat)]
-        inside = np.flatnonzero((band >= min_lon) & (band <= max_lon))
-        ids: list[int] = self._geo_ids[inside + first].tolist()
-        return ids
+        band = self._geo_places[
+            bisect_left(self._geo_lat, min_lat) : bisect_right(self._geo_lat, max_lat)
+        ]
+        # A latitude band holds a few dozen locations: a Python loop beats numpy's per-call
+        # cost here.
+        return [location_id for lon, location_id in band if min_lon <= lon <= max_lon]
 
     # ---- introspection --------------------------------------------------------------------------
 

@@ -1268,8 +1268,7 @@ class IndexBackend:
         except ValidationError as e:
             # `parse_query` validates first; this keeps any rule the index adds a client error.
             raise InvalidArgument(FieldViolation(v.field, v.reason) for v in e.violations) from e
-        offers = tuple(_offers(org, query, page))
-        return OfferPage(offers, page.next_cursor is not None)
+        return OfferPage(_offers(org, query, page), page.more)
 
 
 def _dense(ids: DenseIds, keys: frozenset[str] | None) -> frozenset[int] | None:
@@ -1309,23 +1308,48 @@ def _index_query(org: OrgIndex, query: AvailabilityQuery) -> SearchQuery | None:
     )
 
 
-def _offers(org: OrgIndex, query: AvailabilityQuery, page: SearchPage) -> Iterator[Offer]:
-    origin = None
-    if query.sort is SortOrder.DISTANCE and query.near is not None:
-        origin = place(query.near.latitude, query.near.longitude)
-    for hit in page.hits:
-        sort_km = 0.0
-        if origin is not None:
-            # The same computation the index sorted by, so the page token's key is exact.
-            entry = org.location_entry(hit.location_id)
-            if entry is not None:
-                sort_km = distance_km(origin, place(entry.latitude, entry.longitude))
-        yield Offer(
-            provider_id=org.providers.key(hit.provider_id),
-            location_id=org.locations.key(hit.location_id),
-            start_utc=hit.start_utc,
-            end_utc=hit.end_utc,
-            distance=hit.distance,
-            sort_km=sort_km,
-            visit_type_id=query.visit_type_id,
+def _offers(org: OrgIndex, query: AvailabilityQuery, page: SearchPage) -> tuple[Offer, ...]:
+    """The page's hits as offers in external ids (a tight loop: it runs for every result)."""
+    provider_keys, location_keys = org.providers.keys, org.locations.keys
+    visit_type_id = query.visit_type_id
+    if query.sort is not SortOrder.DISTANCE or query.near is None:
+        return tuple(
+            [
+                Offer(
+                    provider_keys[provider_id],
+                    location_keys[location_id],
+                    start_utc,
+                    end_utc,
+                    distance,
+                    0.0,
+                    visit_type_id,
+                )
+                for provider_id, location_id, start_utc, end_utc, distance, _ in page.hits
+            ]
         )
+    origin = place(query.near.latitude, query.near.longitude)
+    sort_km: dict[int, float] = {}
+    offers = []
+    for provider_id, location_id, start_utc, end_utc, distance, _ in page.hits:
+        km = sort_km.get(location_id)
+        if km is None:
+            # The same computation the index sorted by, so the page token's key is exact.
+            entry = org.location_entry(location_id)
+            km = (
+                0.0
+                if entry is None
+                else distance_km(origin, place(entry.latitude, entry.longitude))
+            )
+            sort_km[location_id] = km
+        offers.append(
+            Offer(
+                provider_keys[provider_id],
+                location_keys[location_id],
+                start_utc,
+                end_utc,
+                distance,
+                km,
+                visit_type_id,
+            )
+        )
+    return tuple(offers)

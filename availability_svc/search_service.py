@@ -352,6 +352,8 @@ def _text(value: str) -> str | None:
     return value or None
 
 
+# The same few ids (organisation, visit types) arrive with nearly every request.
+@functools.lru_cache(maxsize=4096)
 def _canonical_id(value: str) -> str | None:
     """The canonical text of a UUID id, or None if `value` is not one."""
     try:
@@ -555,18 +557,20 @@ def decode_page_token(token: str, query: AvailabilityQuery) -> SortKey:
 
 def format_slot_id(provider_id: str, start_utc: int) -> str:
     """The id of a visit's first granule: `<provider id>_<start UTC as YYYYMMDDTHHMMZ>`."""
-    return f"{provider_id}_{_slot_time(start_utc)}"
+    return f"{provider_id}_{slot_time(start_utc)}"
 
 
 # Results cluster on the same few thousand start instants (the next days' granules), so the
 # formatted forms are cached: formatting is a good share of a search's own cost.
 @functools.lru_cache(maxsize=1 << 16)
-def _slot_time(start_utc: int) -> str:
+def slot_time(start_utc: int) -> str:
+    """The time part of a slot id: the start in UTC as `YYYYMMDDTHHMMZ`."""
     return datetime.fromtimestamp(start_utc, UTC).strftime(_SLOT_TIME_FORMAT)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _local_iso(time_zone: str, instant_utc: int) -> str:
+def local_iso(time_zone: str, instant_utc: int) -> str:
+    """An instant as local ISO 8601 date and time with offset, in `time_zone`."""
     return datetime.fromtimestamp(instant_utc, ZoneInfo(time_zone)).isoformat()
 
 
@@ -602,11 +606,34 @@ class SlotResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
-    """One page of results, the token for the next page ("" on the last) and freshness."""
+    """One page of results, the token for the next page ("" on the last) and freshness.
 
-    slots: tuple[SlotResult, ...]
+    The offers are kept as the backend gave them, with the catalog version that describes
+    them (every offer's provider and location are in it); `slots` describes them on demand,
+    so a caller that writes its own form (the gRPC encoder) builds no per-result objects.
+    """
+
+    offers: tuple[Offer, ...]
+    catalog: Catalog
+    visit_type: VisitTypeInfo | None
+    unit: DistanceUnit
     next_page_token: str
     index_time: datetime | None
+
+    @property
+    def slots(self) -> tuple[SlotResult, ...]:
+        """The offers with what a client shows about them, in order."""
+        providers, locations = self.catalog.providers, self.catalog.locations
+        return tuple(
+            _describe(
+                offer,
+                providers[offer.provider_id],
+                locations[offer.location_id],
+                self.visit_type,
+                self.unit,
+            )
+            for offer in self.offers
+        )
 
 
 class SearchService:
@@ -633,31 +660,32 @@ class SearchService:
         visit_type = (
             None if query.visit_type_id is None else catalog.visit_types.get(query.visit_type_id)
         )
-        slots = tuple(
-            self._describe(offer, catalog, visit_type, query.unit) for offer in page.offers
-        )
+        providers, locations = catalog.providers, catalog.locations
+        for offer in page.offers:
+            if offer.provider_id not in providers or offer.location_id not in locations:
+                # The backend knows an id the catalog does not yet: reference data is
+                # reloaded right after such an id shows up, so this lasts moments.
+                raise DependencyUnavailable("the search index is catching up; retry shortly")
         token = ""
         if page.more and page.offers:
             token = encode_page_token(query, page.offers[-1].sort_key())
-        return SearchResult(slots, token, self._freshness())
+        return SearchResult(page.offers, catalog, visit_type, query.unit, token, self._freshness())
 
-    @staticmethod
-    def _describe(
-        offer: Offer, catalog: Catalog, visit_type: VisitTypeInfo | None, unit: DistanceUnit
-    ) -> SlotResult:
-        provider = catalog.providers.get(offer.provider_id)
-        location = catalog.locations.get(offer.location_id)
-        if provider is None or location is None:
-            # The backend knows an id the catalog does not yet: reference data is reloaded
-            # right after such an id shows up, so this lasts moments.
-            raise DependencyUnavailable("the search index is catching up; retry shortly")
-        return SlotResult(
-            slot_id=format_slot_id(offer.provider_id, offer.start_utc),
-            offer=offer,
-            provider=provider,
-            location=location,
-            visit_type=visit_type,
-            local_start=_local_iso(location.time_zone, offer.start_utc),
-            local_end=_local_iso(location.time_zone, offer.end_utc),
-            unit=unit,
-        )
+
+def _describe(
+    offer: Offer,
+    provider: ProviderInfo,
+    location: LocationInfo,
+    visit_type: VisitTypeInfo | None,
+    unit: DistanceUnit,
+) -> SlotResult:
+    return SlotResult(
+        slot_id=format_slot_id(offer.provider_id, offer.start_utc),
+        offer=offer,
+        provider=provider,
+        location=location,
+        visit_type=visit_type,
+        local_start=local_iso(location.time_zone, offer.start_utc),
+        local_end=local_iso(location.time_zone, offer.end_utc),
+        unit=unit,
+    )

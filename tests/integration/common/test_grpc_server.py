@@ -631,3 +631,19 @@ async def test_second_sigterm_stops_without_waiting_out_the_grace(
         # The 20 s grace is not waited out: the call still in flight is cut off.
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
         assert await in_flight.code() is not grpc.StatusCode.OK
+
+
+async def test_a_nul_character_in_a_request_string_is_invalid_argument(running: Running) -> None:
+    metadata = ((PRINCIPAL_METADATA_KEY, running.principal()),)
+    async with running.client() as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _method(ch, "Echo")(Str(value="a\x00b"), metadata=metadata, timeout=5)
+        # The same call without NUL reaches the servicer.
+        answered = await _method(ch, "Echo")(Str(value="ab"), metadata=metadata, timeout=5)
+    assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    status = status_details(failed.value)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [v.field for v in bad_request.field_violations] == ["value"]
+    assert answered.value.startswith("ab from ")

@@ -368,3 +368,31 @@ def test_index_search_equals_reference_after_event_streams(
             searches += assert_pages_match(world, random_query(world, rng), rng)
     assert world.index.position == world.reference.position == world.sequence
     assert searches >= 20
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    n_providers=st.integers(min_value=1, max_value=7),
+    n_locations=st.integers(min_value=1, max_value=4),
+)
+def test_first_page_within_a_radius_equals_the_general_path(
+    seed: int, n_providers: int, n_locations: int
+) -> None:
+    """A first page around a point takes a loop of its own; continuing after a key that
+    sorts before every result takes the general one: both give the same page."""
+    world = build_world(seed, n_providers, n_locations, bulk=seed % 2 == 0)
+    rng = random.Random(seed)
+    for _ in range(12):
+        query = random_query(world, rng)
+        if query.near is None or query.radius is None:
+            query = dataclasses.replace(
+                query,
+                near=GeoPoint(40.0 + rng.uniform(-0.05, 0.15), -75.0 + rng.uniform(-0.05, 0.1)),
+                radius=rng.choice((1.0, 5.0, 20.0)),
+            )
+        fast = world.index.search(query)
+        general = world.index.search(dataclasses.replace(query, after=(-1.0, 0, "", "")))
+        assert fast.hits == general.hits
+        assert fast.next_after == general.next_after
+        world.apply(random_event(world))
