@@ -73,6 +73,8 @@ class SearchReadModel:
         runtime.on_close(projection.stop)
         self.projection = projection
         # The daily roll-forward (new horizon days), run here so nothing else must schedule it.
+        if self._roll_forward_interval_s <= 0:
+            return
         roller = asyncio.create_task(
             roll_forward_forever(runtime.pool, self._roll_forward_interval_s),
             name="roll-forward",

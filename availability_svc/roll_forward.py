@@ -20,7 +20,9 @@ from common.db import Pool
 
 logger = logging.getLogger(__name__)
 
-_LOCK_KEY = "medsched.availability.roll-forward"
+# The advisory lock one roll-forward at a time holds (hashtextextended of this text); a tool
+# that must keep the service from rolling forward (a benchmark on synthetic data) holds it too.
+ROLL_FORWARD_LOCK_KEY = "medsched.availability.roll-forward"
 _CONTEXT = EventContext(actor_id="medsched-roll-forward")
 
 
@@ -30,7 +32,7 @@ async def roll_forward_once(
     """Run one roll-forward if no other process is running one; None if skipped."""
     async with pool.connection() as lock_conn:
         cursor = await lock_conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_LOCK_KEY,)
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (ROLL_FORWARD_LOCK_KEY,)
         )
         row = await cursor.fetchone()
         if row is None or not row[0]:
@@ -39,7 +41,7 @@ async def roll_forward_once(
             results = await roll_forward(pool, now=now(), context=_CONTEXT)
         finally:
             await lock_conn.execute(
-                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_LOCK_KEY,)
+                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (ROLL_FORWARD_LOCK_KEY,)
             )
     opened = sum(stats.opened for stats in results.values())
     failures = sum(len(stats.failures) for stats in results.values())

@@ -93,7 +93,7 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S",
-        "availability: how often the roll-forward of the horizon runs (also at start)",
+        "availability: how often the roll-forward of the horizon runs (also at start); 0: never",
         "3600",
     ),
     Variable(
@@ -233,7 +233,7 @@ class Settings:
                 "MEDSCHED_ELIGIBILITY_PAYER_TIMEOUT_S"
             ),
             eligibility_max_flights=reader.non_negative_int("MEDSCHED_ELIGIBILITY_MAX_FLIGHTS"),
-            availability_roll_forward_interval_s=reader.positive_float(
+            availability_roll_forward_interval_s=reader.non_negative_float(
                 "MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S"
             ),
             booking_budget_s=reader.positive_float("MEDSCHED_BOOKING_BUDGET_S"),
@@ -344,6 +344,16 @@ class _Reader:
         if value and not Path(value).is_file():
             self.violation(name, "file does not exist")
         return value
+
+    def non_negative_float(self, name: str) -> float:
+        value = self.value(name)
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if number < 0:
+            self.violation(name, "must be a number >= 0")
+        return number
 
     def non_negative_int(self, name: str) -> int:
         value = self.value(name)

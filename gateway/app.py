@@ -1,13 +1,20 @@
 """The aiohttp application: routing, authentication, limits, CORS, calls, problems, logs.
 
 Per API request, in order: request id, CORS, route lookup (404/405), bearer token (401),
-rate limit (429), body read with the size limit (413) and media type check (415),
+rate limit (429, per principal; per client address for anonymous callers), body read with
+the size limit (413) and media type check (415),
 transcoding (400), the gRPC call with a deadline and the signed principal, the JSON
 response. Every failure becomes problem+json (`gateway.problems`).
 
 What reaches a service: the request message, `x-medsched-principal` (signed by the gateway)
 and `x-request-id`. No client header is forwarded, so a client-sent `x-medsched-*` header
 cannot reach a service.
+
+Anonymous callers: a request without an `Authorization` header reaches exactly the methods
+the contract marks `(medsched.common.v1.public) = true` (the services let anonymous calls
+through to the same methods, read from the same option), and is forwarded without a
+principal. Any other method answers 401. A request that sends a token has it verified
+whatever the method, so a signed-in caller is always identified (and limited) as itself.
 
 Public endpoints (no token): `/healthz` (the process answers), `/readyz` (every backend
 service reports SERVING), `/openapi.json`, and in development mode
@@ -253,8 +260,8 @@ class _ApiHandler:
             raise ProblemResponse(self._no_route(request.method, raw_path))
         binding = match.binding
         request[_ROUTE] = binding.template.source
-        principal = await self._authenticate(request)
-        await self._check_rate(principal)
+        principal = await self._authenticate(request, binding)
+        await self._check_rate(request, principal)
         body = await self._read_body(request)
         try:
             message = self._transcoder.build_request(
@@ -262,10 +269,10 @@ class _ApiHandler:
             )
         except RequestError as e:
             raise ProblemResponse(_bad_request(e)) from e
-        metadata = (
-            (PRINCIPAL_METADATA_KEY, self._parts.signer.sign(principal, now=self._parts.clock())),
-            (REQUEST_ID_METADATA_KEY, request[_REQUEST_ID]),
-        )
+        metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_METADATA_KEY, request[_REQUEST_ID]),)
+        if principal is not None:
+            signed = self._parts.signer.sign(principal, now=self._parts.clock())
+            metadata = ((PRINCIPAL_METADATA_KEY, signed), *metadata)
         if binding.server_streaming:
             return await self._stream(request, binding, message, metadata)
         try:
@@ -286,9 +293,12 @@ class _ApiHandler:
             )
         return Problem(problems.NOT_FOUND, "no API operation has this path")
 
-    async def _authenticate(self, request: web.Request) -> Principal:
+    async def _authenticate(self, request: web.Request, binding: HttpBinding) -> Principal | None:
+        """The verified caller; None for an anonymous call of a public method."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and binding.public:
+            return None
         if not header:
             raise ProblemResponse(
                 Problem(
@@ -315,10 +325,13 @@ class _ApiHandler:
         except DependencyUnavailable as e:
             raise ProblemResponse(Problem(problems.UNAVAILABLE, e.message)) from e
 
-    async def _check_rate(self, principal: Principal) -> None:
+    async def _check_rate(self, request: web.Request, principal: Principal | None) -> None:
         if self._parts.limiter is None:
             return
-        decision = await self._parts.limiter.check(principal)
+        if principal is None:
+            decision = await self._parts.limiter.check_anonymous(request.remote or "unknown")
+        else:
+            decision = await self._parts.limiter.check(principal)
         if not decision.allowed:
             raise ProblemResponse(
                 Problem(
@@ -394,6 +407,7 @@ class _ApiHandler:
             error,
             status_details(error),
             lambda path: self._transcoder.client_field_path(binding, path),
+            self._transcoder.detail_json,
         )
         if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL):
             logger.error(

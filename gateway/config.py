@@ -12,7 +12,8 @@ gateway-only values as explicit parameters, which `gateway.main` reads from the
 - `MEDSCHED_GATEWAY_DEV_ISSUER_DIR`: folder of the development issuer's key; empty turns
   the dev issuer off (default); `medsched up` sets it to `<data dir>/dev-issuer`;
 - `MEDSCHED_GATEWAY_CORS_ORIGINS`: comma-separated allowed origins or `*` (default none);
-- `MEDSCHED_GATEWAY_RATE_LIMIT`: requests per minute per principal, 0 = off (default 600);
+- `MEDSCHED_GATEWAY_RATE_LIMIT`: requests per minute per principal (anonymous callers of
+  public methods: per client address), 0 = off (default 600);
 - `MEDSCHED_GATEWAY_MAX_BODY_BYTES`: larger request bodies get 413 (default 262144);
 - `MEDSCHED_GATEWAY_BACKEND_TIMEOUT_S`: deadline of each call to a service (default 5);
 - `MEDSCHED_GATEWAY_DESCRIPTOR_SET`: the contracts to serve (default: the packaged

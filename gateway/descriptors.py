@@ -4,7 +4,8 @@ The gateway knows no service by name: it loads the descriptor set the code gener
 (`medsched/descriptor_set.binpb`, with imports and source info) into a private descriptor
 pool, and every RPC annotated with an `HttpRule` (its primary pattern and each of its
 `additional_bindings`) becomes one `HttpBinding`. Leading comments from the source info
-become descriptions in the OpenAPI document.
+become descriptions in the OpenAPI document. Methods the contract marks with medsched's
+`public` method option (`medsched.common.v1.public`) are served to anonymous callers too.
 
 Client-streaming and bidirectional methods have no REST form here (a JSON request is one
 message); annotating one is a contract error reported at start.
@@ -20,7 +21,7 @@ from typing import Any
 
 import google.api.annotations_pb2 as annotations_pb2  # type: ignore[import-untyped, unused-ignore]
 import google.api.http_pb2 as http_pb2  # type: ignore[import-untyped, unused-ignore]
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.protobuf.descriptor import (
     Descriptor,
     FieldDescriptor,
@@ -30,6 +31,8 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError, Message
 
 from gateway.templates import PathTemplate, TemplateError, parse_template
+
+PUBLIC_OPTION = "medsched.common.v1.public"
 
 _PATTERN_KINDS = ("get", "put", "post", "delete", "patch")
 # Field numbers inside descriptor.proto, for locating comments in `SourceCodeInfo`.
@@ -55,6 +58,8 @@ class HttpBinding:
     response_body: str
     # 0 for the rule itself, 1.. for its additional bindings (they need distinct operation ids).
     index: int
+    # The method is marked `(medsched.common.v1.public) = true`: no principal needed.
+    public: bool = False
 
     @property
     def service_name(self) -> str:
@@ -120,25 +125,53 @@ def load_api(descriptor_set: bytes) -> Api:
         except (TypeError, ValueError) as e:
             raise ApiError(f"descriptor set: cannot load {file.name} ({e})") from e
     bindings: list[HttpBinding] = []
+    public_number = extension_number(pool, PUBLIC_OPTION)
     for file in files.file:
         for service in file.service:
             full_name = f"{file.package}.{service.name}" if file.package else service.name
-            bindings.extend(_service_bindings(pool.FindServiceByName(full_name)))
+            bindings.extend(_service_bindings(pool.FindServiceByName(full_name), public_number))
     return Api(pool=pool, bindings=tuple(bindings), comments=_comments(files.file))
 
 
-def _service_bindings(service: ServiceDescriptor) -> Iterator[HttpBinding]:
+def _service_bindings(
+    service: ServiceDescriptor, public_number: int | None
+) -> Iterator[HttpBinding]:
     for method in service.methods:
         rule = _http_rule(method)
         if rule is None:
             continue
         if method.client_streaming:
             raise ApiError(f"{method.full_name}: client-streaming methods cannot be bound to HTTP")
-        yield _binding(method, rule, 0)
+        public = public_number is not None and bool_option(
+            method.GetOptions(), PUBLIC_OPTION, public_number
+        )
+        yield _binding(method, rule, 0, public)
         for index, extra in enumerate(rule.additional_bindings, start=1):
             if extra.additional_bindings:
                 raise ApiError(f"{method.full_name}: additional bindings cannot nest")
-            yield _binding(method, extra, index)
+            yield _binding(method, extra, index, public)
+
+
+def extension_number(pool: descriptor_pool.DescriptorPool, full_name: str) -> int | None:
+    """The field number of the extension `full_name` in `pool`, None if it has none."""
+    try:
+        return int(pool.FindExtensionByName(full_name).number)
+    except KeyError:
+        return None
+
+
+def bool_option(options: Message, full_name: str, number: int) -> bool:
+    """Whether the bool extension `full_name` (field `number`) is true in `options`.
+
+    When the generated medsched modules are imported, the default pool knows the option and
+    parses it as an extension; otherwise it stays an unknown field of the options message
+    (the private pool's extension is invisible there): both are checked.
+    """
+    for descriptor, value in options.ListFields():
+        if descriptor.is_extension and descriptor.full_name == full_name:
+            return bool(value)
+    found = unknown_fields.UnknownFieldSet(options)
+    return any(found[i].field_number == number and bool(found[i].data) for i in range(len(found)))
 
 
 def _http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
@@ -151,7 +184,9 @@ def _http_rule(method: MethodDescriptor) -> http_pb2.HttpRule | None:
     return rule
 
 
-def _binding(method: MethodDescriptor, rule: http_pb2.HttpRule, index: int) -> HttpBinding:
+def _binding(
+    method: MethodDescriptor, rule: http_pb2.HttpRule, index: int, public: bool
+) -> HttpBinding:
     http_method, path = _pattern(method, rule)
     try:
         template = parse_template(path)
@@ -167,7 +202,7 @@ def _binding(method: MethodDescriptor, rule: http_pb2.HttpRule, index: int) -> H
     response_body = str(rule.response_body)
     if response_body:
         _top_level_field(method, method.output_type, response_body, "response_body")
-    return HttpBinding(method, http_method, template, body, response_body, index)
+    return HttpBinding(method, http_method, template, body, response_body, index, public)
 
 
 def _pattern(method: MethodDescriptor, rule: http_pb2.HttpRule) -> tuple[str, str]:

@@ -25,10 +25,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import google.api.field_behavior_pb2 as field_behavior_pb2  # type: ignore[import-untyped, unused-ignore]
-from google.protobuf import unknown_fields
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from gateway.descriptors import Api, HttpBinding
+from gateway.descriptors import Api, HttpBinding, bool_option, extension_number
 from gateway.problems import PROBLEM_CONTENT_TYPE
 from gateway.templates import PathTemplate, SegmentKind
 
@@ -156,7 +155,7 @@ class _Builder:
     def __init__(self, api: Api) -> None:
         self._api = api
         self.schemas: dict[str, dict[str, Any]] = {}
-        self._phi_number = _find_extension_number(api, PHI_OPTION)
+        self._phi_number = extension_number(api.pool, PHI_OPTION)
 
     def add_operation(self, paths: dict[str, dict[str, Any]], binding: HttpBinding) -> None:
         method = binding.http_method.lower()
@@ -180,6 +179,9 @@ class _Builder:
             operation["description"] = details
         if binding.body:
             operation["requestBody"] = self._request_body(binding)
+        if binding.public:
+            # Anyone may call; a bearer token, when sent, must be valid and identifies the caller.
+            operation["security"] = [{}, {"bearerAuth": []}]
         if not operation["parameters"]:
             del operation["parameters"]
         paths.setdefault(path, {})[method] = operation
@@ -357,25 +359,7 @@ class _Builder:
     def _is_phi(self, field: FieldDescriptor) -> bool:
         if self._phi_number is None:
             return False
-        options = field.GetOptions()
-        # When the generated medsched modules are imported, the default pool knows the
-        # option and parses it as an extension; otherwise it stays an unknown field of the
-        # options message (the private pool's extension is invisible there): check both.
-        for descriptor, value in options.ListFields():
-            if descriptor.is_extension and descriptor.full_name == PHI_OPTION:
-                return bool(value)
-        found = unknown_fields.UnknownFieldSet(options)
-        return any(
-            found[i].field_number == self._phi_number and bool(found[i].data)
-            for i in range(len(found))
-        )
-
-
-def _find_extension_number(api: Api, full_name: str) -> int | None:
-    try:
-        return int(api.pool.FindExtensionByName(full_name).number)
-    except KeyError:
-        return None
+        return bool_option(field.GetOptions(), PHI_OPTION, self._phi_number)
 
 
 def _field_behaviors(field: FieldDescriptor) -> frozenset[str]:
@@ -485,6 +469,7 @@ def _problem_schemas() -> dict[str, dict[str, Any]]:
                 "request_id": {"type": "string"},
                 "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
                 "reasons": {"type": "array", "items": {"$ref": "#/components/schemas/Reason"}},
+                "details": {"type": "array", "items": {"$ref": "#/components/schemas/Detail"}},
             },
             "required": ["type", "title", "status", "detail", "request_id"],
         },
@@ -496,6 +481,15 @@ def _problem_schemas() -> dict[str, dict[str, Any]]:
                 "description": {"type": "string"},
             },
             "required": ["field", "in", "description"],
+        },
+        "Detail": {
+            "type": "object",
+            "description": "A status detail the contracts define, as the canonical JSON of a "
+            "`google.protobuf.Any`: `@type` is `type.googleapis.com/<message full name>` and "
+            "the other members are that message's fields in the canonical JSON mapping, e.g. "
+            "`medsched.booking.v1.BookingRefusal` with every reason a time cannot be booked.",
+            "properties": {"@type": {"type": "string"}},
+            "required": ["@type"],
         },
         "Reason": {
             "type": "object",

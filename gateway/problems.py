@@ -6,12 +6,20 @@ Every error response of the gateway is one JSON object::
      "status": 400, "detail": "...", "request_id": "...",
      "errors": [{"field": "startTime", "in": "body", "description": "..."}],
      "reasons": [{"code": "SLOT_TAKEN", "subject": "...", "description": "...",
-                  "metadata": {...}}]}
+                  "metadata": {...}}],
+     "details": [{"@type": "type.googleapis.com/medsched.booking.v1.BookingRefusal",
+                  "violations": [{"reason": "TAKEN", "slotIds": ["..."], ...}]}]}
 
 `type` is a URN per problem kind (they are identifiers, not links). `errors` lists field
 violations (from the request checks or a service's `google.rpc.BadRequest`) with the field
 as the client sees it: JSON names, relative to the JSON body when the body is one field.
-`reasons` carries `google.rpc.ErrorInfo` (domain `medsched`) and `PreconditionFailure`.
+`reasons` carries `google.rpc.ErrorInfo` (domain `medsched` or `medsched.<package>`) and
+`PreconditionFailure`. `details` carries every other status detail whose type the served
+contracts define (a `medsched.*` message such as `medsched.booking.v1.BookingRefusal`), as
+the canonical JSON of a `google.protobuf.Any`: `@type` (the type URL) beside the message's
+fields, in the same JSON mapping as responses, with PHI-marked fields left out. A new
+detail type in a contract therefore reaches REST clients without gateway code; detail
+types from elsewhere are dropped (they may describe internals).
 `request_id` is also the `X-Request-Id` response header.
 
 gRPC -> HTTP (the usual mapping, with these decisions):
@@ -143,6 +151,7 @@ class Problem:
     errors: tuple[ProblemField, ...] = ()
     reasons: tuple[Mapping[str, Any], ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
+    details: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def status(self) -> int:
@@ -163,15 +172,22 @@ class Problem:
             ]
         if self.reasons:
             document["reasons"] = [dict(reason) for reason in self.reasons]
+        if self.details:
+            document["details"] = [dict(detail) for detail in self.details]
         return document
 
 
 # Maps a service's field path (proto names) to (client path, location).
 FieldPathMapper = Callable[[str], tuple[str, str]]
+# Renders a status detail of a contract type as JSON (with "@type"); None for other types.
+DetailRenderer = Callable[[any_pb2.Any], Mapping[str, Any] | None]
 
 
 def problem_from_rpc_error(
-    error: grpc.aio.AioRpcError, status: status_pb2.Status | None, field_path: FieldPathMapper
+    error: grpc.aio.AioRpcError,
+    status: status_pb2.Status | None,
+    field_path: FieldPathMapper,
+    render_detail: DetailRenderer | None = None,
 ) -> Problem:
     """The problem for a failed backend call; `status` is its `google.rpc.Status` if any."""
     code = error.code()
@@ -181,6 +197,7 @@ def problem_from_rpc_error(
         return Problem(kind, detail)
     errors: list[ProblemField] = []
     reasons: list[dict[str, Any]] = []
+    details: list[Mapping[str, Any]] = []
     retry_after: int | None = None
     for packed in status.details:
         type_name = packed.TypeName()
@@ -192,8 +209,12 @@ def problem_from_rpc_error(
             _add_precondition_failure(packed, reasons)
         elif type_name == "google.rpc.RetryInfo":
             retry_after = _retry_after(packed)
+        elif render_detail is not None:
+            rendered = render_detail(packed)
+            if rendered is not None:
+                details.append(rendered)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return Problem(kind, detail, tuple(errors), tuple(reasons), headers)
+    return Problem(kind, detail, tuple(errors), tuple(reasons), headers, tuple(details))
 
 
 def _detail(
@@ -223,8 +244,9 @@ def _field_violations(packed: any_pb2.Any, field_path: FieldPathMapper) -> list[
 def _add_error_info(packed: any_pb2.Any, reasons: list[dict[str, Any]]) -> None:
     info = error_details_pb2.ErrorInfo()
     packed.Unpack(info)
-    # Other domains (e.g. a library's) may describe internals; only ours are written for callers.
-    if info.domain != ERROR_DOMAIN:
+    # Other domains (e.g. a library's) may describe internals; only ours are written for
+    # callers: `medsched` and a contract package's own (`medsched.booking.v1`).
+    if info.domain != ERROR_DOMAIN and not info.domain.startswith(ERROR_DOMAIN + "."):
         return
     metadata = dict(info.metadata)
     reason: dict[str, Any] = {"code": str(info.reason)}

@@ -1,5 +1,10 @@
 """Per-principal rate limits in Redis: a sliding window over two fixed windows.
 
+Signed-in callers are counted per principal (role and subject); anonymous callers of public
+methods per client address (the TCP peer: a proxy in front of the gateway must be counted
+as one client, since a forwarded-for header is whatever the client wrote). Both share the
+one limit.
+
 For a limit of N requests per window W, a request at time t is allowed when
 
     previous_count * (1 - elapsed / W) + current_count + 1 <= N
@@ -107,12 +112,20 @@ class RateLimiter:
         self._last_warning = -math.inf
 
     async def check(self, principal: Principal) -> RateDecision:
+        """Count a request of a signed-in caller."""
+        return await self._check(_key_prefix(f"{principal.role.value}:{principal.subject}"))
+
+    async def check_anonymous(self, client_address: str) -> RateDecision:
+        """Count an anonymous request from `client_address` (an IP address)."""
+        return await self._check(_key_prefix(f"anonymous:{client_address}"))
+
+    async def _check(self, key_prefix: str) -> RateDecision:
         if self._limit.requests == 0 or self._clock() < self._paused_until:
             return RateDecision(allowed=True)
         window_ms = round(self._limit.window_s * 1000)
         try:
             allowed, current, previous, elapsed = await self._script(
-                args=[_key_prefix(principal), self._limit.requests, window_ms]
+                args=[key_prefix, self._limit.requests, window_ms]
             )
         except (RedisError, OSError, TimeoutError) as e:
             self._paused_until = self._clock() + self._pause_s
@@ -147,9 +160,10 @@ def limiter_client(url: str, *, timeout_s: float = _REDIS_TIMEOUT_S) -> redis_as
     )
 
 
-def _key_prefix(principal: Principal) -> str:
-    # Hashed so arbitrary identity-provider subjects give bounded, uniform keys.
-    digest = hashlib.sha256(f"{principal.role.value}:{principal.subject}".encode()).hexdigest()
+def _key_prefix(identity: str) -> str:
+    # Hashed so arbitrary identity-provider subjects give bounded, uniform keys; the role
+    # prefix ("patient:", "anonymous:", ...) keeps the key spaces apart.
+    digest = hashlib.sha256(identity.encode()).hexdigest()
     return f"{KEY_PREFIX}:{digest[:32]}"
 
 

@@ -22,6 +22,7 @@ How a request is built, following `google.api.http`:
    `Timestamp`, `Duration`, `FieldMask` and the wrapper types take their JSON string forms.
    An unknown parameter, one given twice for a singular field, or one that names a message,
    map or repeated message field is refused naming the parameter.
+4. Strings (in the path, the query or the body) must not contain NUL (U+0000).
 
 Before the canonical parser runs, the merged JSON is checked field by field against the
 message descriptor, so every problem is reported with its path (`visit.startTime`) and a
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from google.protobuf import (
+    any_pb2,
     descriptor_pool,
     duration_pb2,
     field_mask_pb2,
@@ -48,9 +50,9 @@ from google.protobuf import (
     timestamp_pb2,
 )
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
-from gateway.descriptors import HttpBinding
+from gateway.descriptors import HttpBinding, bool_option, extension_number
 
 Location = Literal["path", "query", "body"]
 JsonValue = Any
@@ -76,6 +78,10 @@ _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 _TOO_DEEP = "the body is nested too deeply"
+# Refused in every string: no medsched field has a use for it, and PostgreSQL text cannot
+# hold it (a service would fail storing or searching for it).
+_NUL = "\x00"
+_NUL_PROBLEM = "must not contain NUL (U+0000) characters"
 
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
@@ -101,6 +107,9 @@ _WRAPPERS = frozenset(
 )
 # Well-known message types whose JSON form is a string, so a query parameter can carry them.
 _STRING_FORM_TYPES = frozenset({_TIMESTAMP, _DURATION, _FIELD_MASK})
+# Error details of these packages are the contracts' own, written for callers.
+_DETAIL_PACKAGE_PREFIX = "medsched."
+_PHI_OPTION = "medsched.common.v1.phi"
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class Transcoder:
     def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
         self._pool = pool
         self._fields: dict[str, dict[str, FieldDescriptor]] = {}
+        self._phi_number = extension_number(pool, _PHI_OPTION)
 
     # --- requests ------------------------------------------------------------------------
 
@@ -253,8 +263,9 @@ class Transcoder:
             violations.append(RequestViolation(name, "is given more than once", "query"))
             return
         converted = [_from_text(leaf, value) for value in values]
-        if any(item is _INVALID for item in converted):
-            violations.append(RequestViolation(name, _expected(leaf), "query"))
+        bad = [value for value, item in zip(values, converted, strict=True) if item is _INVALID]
+        if bad:
+            violations.append(RequestViolation(name, _invalid_because(leaf, bad[0]), "query"))
             return
         _set_path(request, chain, converted if leaf.is_repeated else converted[0])
 
@@ -272,7 +283,8 @@ class Transcoder:
         value = _from_text(chain[-1], text)
         if value is _INVALID:
             json_path = ".".join(field.json_name for field in chain)
-            violations.append(RequestViolation(json_path, _expected(chain[-1]), "path"))
+            problem = _invalid_because(chain[-1], text)
+            violations.append(RequestViolation(json_path, problem, "path"))
             return
         _set_path(request, chain, value)
 
@@ -384,7 +396,7 @@ class Transcoder:
         for key, item in value.items():
             item_path = f"{path}.{key}"
             if _from_text(key_field, key) is _INVALID:
-                problems.append((item_path, f"map key {_expected(key_field)}"))
+                problems.append((item_path, f"map key {_invalid_because(key_field, key)}"))
                 continue
             normalized = self._normalize_single(value_field, item, item_path, problems)
             if normalized is not _INVALID:
@@ -402,7 +414,7 @@ class Transcoder:
             return self._normalize_embedded(_message_of(field), value, path, problems)
         if _scalar_ok(field, value):
             return value
-        problems.append((path, _expected(field)))
+        problems.append((path, _invalid_because(field, value)))
         return _INVALID
 
     def _normalize_embedded(
@@ -439,6 +451,44 @@ class Transcoder:
             return rendered
         field = binding.method.output_type.fields_by_name[binding.response_body]
         return rendered.get(field.json_name)
+
+    def detail_json(self, packed: any_pb2.Any) -> dict[str, JsonValue] | None:
+        """An error detail of a contract type (`medsched.*`) as the canonical JSON of an
+        `Any` (`@type` and the message's fields, PHI-marked fields left out); None for any
+        other type (those may describe internals)."""
+        type_name = packed.TypeName()
+        if not type_name.startswith(_DETAIL_PACKAGE_PREFIX):
+            return None
+        try:
+            descriptor = self._pool.FindMessageTypeByName(type_name)
+        except KeyError:
+            return None
+        message = message_factory.GetMessageClass(descriptor)()
+        try:
+            message.ParseFromString(packed.value)
+        except DecodeError:
+            return None
+        rendered = json_format.MessageToDict(
+            message, always_print_fields_with_no_presence=True, descriptor_pool=self._pool
+        )
+        self._drop_phi(descriptor, rendered)
+        return {"@type": packed.type_url, **rendered}
+
+    def _drop_phi(self, message: Descriptor, rendered: dict[str, JsonValue]) -> None:
+        """Remove the members of PHI-marked fields from a rendered message, at any depth."""
+        number = self._phi_number
+        if number is None:
+            return
+        for field in message.fields:
+            value = rendered.get(field.json_name)
+            if value is None:
+                continue
+            if bool_option(field.GetOptions(), _PHI_OPTION, number):
+                del rendered[field.json_name]
+            elif field.message_type is not None and not _is_map(field):
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, dict):
+                        self._drop_phi(field.message_type, item)
 
     # --- error paths -----------------------------------------------------------------------
 
@@ -570,13 +620,13 @@ def _from_text(field: FieldDescriptor, text: str) -> JsonValue:
         return text if _float_ok(kind, text) else _INVALID
     if kind == FieldDescriptor.TYPE_BYTES:
         return text if _base64_ok(text) else _INVALID
-    return text
+    return text if _NUL not in text else _INVALID
 
 
 def _scalar_ok(field: FieldDescriptor, value: JsonValue) -> bool:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
-        return isinstance(value, str)
+        return isinstance(value, str) and _NUL not in value
     if kind == FieldDescriptor.TYPE_BOOL:
         return isinstance(value, bool)
     if kind == FieldDescriptor.TYPE_ENUM:
@@ -653,6 +703,19 @@ def _expected(field: FieldDescriptor) -> str:
     if kind == FieldDescriptor.TYPE_BYTES:
         return "must be base64-encoded bytes"
     return "must be a string"
+
+
+def _invalid_because(field: FieldDescriptor, value: JsonValue) -> str:
+    """Why `value` (JSON or text) does not fit `field`, without repeating the value."""
+    if isinstance(value, str) and _NUL in value and _is_text(field):
+        return _NUL_PROBLEM
+    return _expected(field)
+
+
+def _is_text(field: FieldDescriptor) -> bool:
+    if field.type == FieldDescriptor.TYPE_MESSAGE and _message_of(field).full_name in _WRAPPERS:
+        return _is_text(_message_of(field).fields_by_name["value"])
+    return bool(field.type == FieldDescriptor.TYPE_STRING)
 
 
 def _check_timestamp(value: JsonValue) -> str:

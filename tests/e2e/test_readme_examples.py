@@ -66,6 +66,8 @@ def test_readme_has_grpcurl_and_curl_examples() -> None:
     assert "grpcurl" in blocks
     assert "curl" in blocks
     assert "/v1/availability" in blocks
+    assert "/v1/appointments" in blocks
+    assert "BookingService/BookAppointment" in blocks
 
 
 def test_every_readme_example_runs_and_answers_without_server_errors(
@@ -96,3 +98,18 @@ def test_every_readme_example_runs_and_answers_without_server_errors(
     assert len(grpc_searches[0]["slots"]) == 3
     statuses = [d.get("status") for d in documents if "checkId" in d or "check_id" in d]
     assert statuses == ["INACTIVE", "ACTIVE"]
+    # Booking through the gateway: booked, refused to someone else, cancelled.
+    booked = [d for d in documents if "appointmentId" in d and d["patientId"] == "patient-123"]
+    assert [d["status"] for d in booked] == ["BOOKED", "CANCELLED"]
+    assert booked[0]["appointmentId"] == booked[1]["appointmentId"]
+    assert booked[1]["cancellationReason"] == "PATIENT_REQUEST"
+    refusals = [d for d in documents if d.get("status") == 409]
+    assert len(refusals) == 1
+    refusal = refusals[0]["details"][0]
+    assert refusal["@type"] == "type.googleapis.com/medsched.booking.v1.BookingRefusal"
+    taken = [v for v in refusal["violations"] if v["reason"] == "TAKEN"]
+    assert taken
+    assert booked[0]["slotId"] in taken[0]["slotIds"]
+    grpc_booked = [d for d in documents if d.get("patient_id") == "patient-789"]
+    assert [d["status"] for d in grpc_booked] == ["BOOKED"]
+    assert grpc_booked[0]["appointment_id"]

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from medsched.common.v1 import options_pb2 as medsched_dot_common_dot_v1_dot_options__pb2
 from medsched.common.v1 import types_pb2 as medsched_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3medsched/availability/v1/availability_service.proto\x12\x18medsched.availability.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emedsched/common/v1/types.proto\"\x92\x04\n\x19SearchAvailabilityRequest\x12\x11\n\tspecialty\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0e\n\x06radius\x18\x03 \x01(\t\x12\x11\n\tinsurance\x18\x04 \x01(\t\x12\x17\n\tfrom_date\x18\x05 \x01(\tR\x04\x66rom\x12\x13\n\x07to_date\x18\x06 \x01(\tR\x02to\x12\r\n\x05limit\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x14\n\x0cprovider_ids\x18\t \x03(\t\x12\x10\n\x08language\x18\n \x01(\t\x12\x15\n\rvisit_type_id\x18\x0b \x01(\t\x12\x1b\n\x13\x65\x61rliest_start_time\x18\x0c \x01(\t\x12\x19\n\x11latest_start_time\x18\r \x01(\t\x12\x35\n\x0cpatient_kind\x18\x0e \x01(\x0e\x32\x1f.medsched.common.v1.PatientKind\x12\x46\n\x04sort\x18\x0f \x01(\x0e\x32\x38.medsched.availability.v1.SearchAvailabilityRequest.Sort\x12\x17\n\x0forganization_id\x18\x10 \x01(\t\x12\x14\n\x0clocation_ids\x18\x11 \x03(\t\"7\n\x04Sort\x12\x14\n\x10SORT_UNSPECIFIED\x10\x00\x12\x0b\n\x07SOONEST\x10\x01\x12\x0c\n\x08\x44ISTANCE\x10\x02\"\x9d\x01\n\x1aSearchAvailabilityResponse\x12\x36\n\x05slots\x18\x01 \x03(\x0b\x32\'.medsched.availability.v1.AvailableSlot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\nindex_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x02\n\rAvailableSlot\x12\x0f\n\x07slot_id\x18\x01 \x01(\t\x12;\n\x08provider\x18\x02 \x01(\x0b\x32).medsched.availability.v1.ProviderSummary\x12;\n\x08location\x18\x03 \x01(\x0b\x32).medsched.availability.v1.LocationSummary\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10local_start_time\x18\x06 \x01(\t\x12\x16\n\x0elocal_end_time\x18\x07 \x01(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12>\n\nvisit_type\x18\t \x01(\x0b\x32*.medsched.availability.v1.VisitTypeSummary\"d\n\x0fProviderSummary\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0bspecialties\x18\x03 \x03(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\"\x9f\x01\n\x0fLocationSummary\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x0b\x63oordinates\x18\x03 \x01(\x0b\x32\x1c.medsched.common.v1.GeoPoint\x12.\n\x08\x64istance\x18\x04 \x01(\x0b\x32\x1c.medsched.common.v1.Distance\"Y\n\x10VisitTypeSummary\x12\x15\n\rvisit_type_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x18\n\x10\x64uration_minutes\x18\x03 \x01(\x05\x32\xb1\x01\n\x13\x41vailabilityService\x12\x99\x01\n\x12SearchAvailability\x12\x33.medsched.availability.v1.SearchAvailabilityRequest\x1a\x34.medsched.availability.v1.SearchAvailabilityResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/availabilityb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3medsched/availability/v1/availability_service.proto\x12\x18medsched.availability.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a medsched/common/v1/options.proto\x1a\x1emedsched/common/v1/types.proto\"\x92\x04\n\x19SearchAvailabilityRequest\x12\x11\n\tspecialty\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0e\n\x06radius\x18\x03 \x01(\t\x12\x11\n\tinsurance\x18\x04 \x01(\t\x12\x17\n\tfrom_date\x18\x05 \x01(\tR\x04\x66rom\x12\x13\n\x07to_date\x18\x06 \x01(\tR\x02to\x12\r\n\x05limit\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x14\n\x0cprovider_ids\x18\t \x03(\t\x12\x10\n\x08language\x18\n \x01(\t\x12\x15\n\rvisit_type_id\x18\x0b \x01(\t\x12\x1b\n\x13\x65\x61rliest_start_time\x18\x0c \x01(\t\x12\x19\n\x11latest_start_time\x18\r \x01(\t\x12\x35\n\x0cpatient_kind\x18\x0e \x01(\x0e\x32\x1f.medsched.common.v1.PatientKind\x12\x46\n\x04sort\x18\x0f \x01(\x0e\x32\x38.medsched.availability.v1.SearchAvailabilityRequest.Sort\x12\x17\n\x0forganization_id\x18\x10 \x01(\t\x12\x14\n\x0clocation_ids\x18\x11 \x03(\t\"7\n\x04Sort\x12\x14\n\x10SORT_UNSPECIFIED\x10\x00\x12\x0b\n\x07SOONEST\x10\x01\x12\x0c\n\x08\x44ISTANCE\x10\x02\"\x9d\x01\n\x1aSearchAvailabilityResponse\x12\x36\n\x05slots\x18\x01 \x03(\x0b\x32\'.medsched.availability.v1.AvailableSlot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\nindex_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x02\n\rAvailableSlot\x12\x0f\n\x07slot_id\x18\x01 \x01(\t\x12;\n\x08provider\x18\x02 \x01(\x0b\x32).medsched.availability.v1.ProviderSummary\x12;\n\x08location\x18\x03 \x01(\x0b\x32).medsched.availability.v1.LocationSummary\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10local_start_time\x18\x06 \x01(\t\x12\x16\n\x0elocal_end_time\x18\x07 \x01(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12>\n\nvisit_type\x18\t \x01(\x0b\x32*.medsched.availability.v1.VisitTypeSummary\"d\n\x0fProviderSummary\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0bspecialties\x18\x03 \x03(\t\x12\x11\n\tlanguages\x18\x04 \x03(\t\"\x9f\x01\n\x0fLocationSummary\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x0b\x63oordinates\x18\x03 \x01(\x0b\x32\x1c.medsched.common.v1.GeoPoint\x12.\n\x08\x64istance\x18\x04 \x01(\x0b\x32\x1c.medsched.common.v1.Distance\"Y\n\x10VisitTypeSummary\x12\x15\n\rvisit_type_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x18\n\x10\x64uration_minutes\x18\x03 \x01(\x05\x32\xb5\x01\n\x13\x41vailabilityService\x12\x9d\x01\n\x12SearchAvailability\x12\x33.medsched.availability.v1.SearchAvailabilityRequest\x1a\x34.medsched.availability.v1.SearchAvailabilityResponse\"\x1c\xc8\xc1\x18\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/availabilityb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +36,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medsched.availability.v1.av
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AVAILABILITYSERVICE'].methods_by_name['SearchAvailability']._loaded_options = None
-  _globals['_AVAILABILITYSERVICE'].methods_by_name['SearchAvailability']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/availability'
-  _globals['_SEARCHAVAILABILITYREQUEST']._serialized_start=177
-  _globals['_SEARCHAVAILABILITYREQUEST']._serialized_end=707
-  _globals['_SEARCHAVAILABILITYREQUEST_SORT']._serialized_start=652
-  _globals['_SEARCHAVAILABILITYREQUEST_SORT']._serialized_end=707
-  _globals['_SEARCHAVAILABILITYRESPONSE']._serialized_start=710
-  _globals['_SEARCHAVAILABILITYRESPONSE']._serialized_end=867
-  _globals['_AVAILABLESLOT']._serialized_start=870
-  _globals['_AVAILABLESLOT']._serialized_end=1251
-  _globals['_PROVIDERSUMMARY']._serialized_start=1253
-  _globals['_PROVIDERSUMMARY']._serialized_end=1353
-  _globals['_LOCATIONSUMMARY']._serialized_start=1356
-  _globals['_LOCATIONSUMMARY']._serialized_end=1515
-  _globals['_VISITTYPESUMMARY']._serialized_start=1517
-  _globals['_VISITTYPESUMMARY']._serialized_end=1606
-  _globals['_AVAILABILITYSERVICE']._serialized_start=1609
-  _globals['_AVAILABILITYSERVICE']._serialized_end=1786
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['SearchAvailability']._serialized_options = b'\310\301\030\001\202\323\344\223\002\022\022\020/v1/availability'
+  _globals['_SEARCHAVAILABILITYREQUEST']._serialized_start=211
+  _globals['_SEARCHAVAILABILITYREQUEST']._serialized_end=741
+  _globals['_SEARCHAVAILABILITYREQUEST_SORT']._serialized_start=686
+  _globals['_SEARCHAVAILABILITYREQUEST_SORT']._serialized_end=741
+  _globals['_SEARCHAVAILABILITYRESPONSE']._serialized_start=744
+  _globals['_SEARCHAVAILABILITYRESPONSE']._serialized_end=901
+  _globals['_AVAILABLESLOT']._serialized_start=904
+  _globals['_AVAILABLESLOT']._serialized_end=1285
+  _globals['_PROVIDERSUMMARY']._serialized_start=1287
+  _globals['_PROVIDERSUMMARY']._serialized_end=1387
+  _globals['_LOCATIONSUMMARY']._serialized_start=1390
+  _globals['_LOCATIONSUMMARY']._serialized_end=1549
+  _globals['_VISITTYPESUMMARY']._serialized_start=1551
+  _globals['_VISITTYPESUMMARY']._serialized_end=1640
+  _globals['_AVAILABILITYSERVICE']._serialized_start=1643
+  _globals['_AVAILABILITYSERVICE']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

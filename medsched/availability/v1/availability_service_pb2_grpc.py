@@ -34,8 +34,8 @@ class AvailabilityServiceStub:
     taken. Booking re-checks everything in its own transaction, so a stale result
     costs the caller one refused booking, never a double booking.
 
-    Who may call: anyone authenticated (patients, staff, services). Results
-    contain no patient data.
+    Who may call: anyone, signed in or not (`SearchAvailability` is `public`:
+    patients search before they sign in). Results contain no patient data.
     """
 
     def __init__(self, channel):
@@ -60,8 +60,8 @@ class AvailabilityServiceServicer:
     taken. Booking re-checks everything in its own transaction, so a stale result
     costs the caller one refused booking, never a double booking.
 
-    Who may call: anyone authenticated (patients, staff, services). Results
-    contain no patient data.
+    Who may call: anyone, signed in or not (`SearchAvailability` is `public`:
+    patients search before they sign in). Results contain no patient data.
     """
 
     def SearchAvailability(self, request, context):
@@ -108,8 +108,8 @@ class AvailabilityService:
     taken. Booking re-checks everything in its own transaction, so a stale result
     costs the caller one refused booking, never a double booking.
 
-    Who may call: anyone authenticated (patients, staff, services). Results
-    contain no patient data.
+    Who may call: anyone, signed in or not (`SearchAvailability` is `public`:
+    patients search before they sign in). Results contain no patient data.
     """
 
     @staticmethod

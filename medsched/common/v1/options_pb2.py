@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n medsched/common/v1/options.proto\x12\x12medsched.common.v1\x1a google/protobuf/descriptor.proto:,\n\x03phi\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x08:8\n\revent_subject\x12\x1f.google.protobuf.MessageOptions\x18\xb5\x87\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n medsched/common/v1/options.proto\x12\x12medsched.common.v1\x1a google/protobuf/descriptor.proto:,\n\x03phi\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x08:8\n\revent_subject\x12\x1f.google.protobuf.MessageOptions\x18\xb5\x87\x03 \x01(\t:0\n\x06public\x12\x1e.google.protobuf.MethodOptions\x18\x99\x88\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

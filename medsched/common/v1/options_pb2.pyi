@@ -17,6 +17,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 PHI_FIELD_NUMBER: _builtins.int
 EVENT_SUBJECT_FIELD_NUMBER: _builtins.int
+PUBLIC_FIELD_NUMBER: _builtins.int
 phi: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
 """Marks a field whose value is protected health information (PHI) in
 plaintext: a HIPAA identifier of a patient (names, birth dates, phone
@@ -43,4 +44,14 @@ event in the past tense), e.g. `medsched.appointment.booked`. Set on every
 payload message of `medsched.events.v1.EventEnvelope`; the outbox relay
 derives the subject from it, so a payload's subject is declared once, here
 in the contract.
+"""
+public: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.bool]
+"""Marks a method anyone may call without signing in (no principal), such as
+the availability search patients use before they have an account. The
+contract is the one place this is declared: the gRPC servers
+(`common.grpc_server.Registration`) let anonymous calls through to exactly
+these methods, and the REST gateway serves them without a bearer token
+(still rate limited, per client address) and documents them as such in
+its OpenAPI document. Every other method requires an authenticated
+caller.
 """
