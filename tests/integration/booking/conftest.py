@@ -173,54 +173,29 @@ async def running_booking(
     signer = PrincipalSigner(secrets.token_bytes(32))
     cipher = FieldCipher(KeyRing.generate("test1"))
     blind_index = BlindIndex(secrets.token_bytes(32))
-    simulator = await start_payer(pki, payer_latency_s)
-    client = ClearinghouseClient(ClientConfig(breaker=BreakerConfig(failure_threshold=50)))
-    await client.start()
-    route = PayerRoute(
-        payer_id=PAYER_ID,
-        endpoint=f"{simulator.base_url}/core/soap",
-        transport=Transport.SOAP,
-        sender_id="MEDSCHED",
-        receiver_id=PAYER_ID,
-        username="medsched",
-        password="medsched-dev-password",
-        payer_name="SIMULATED HEALTH PLAN",
-        payer_identifier="SIM001",
-        ca_file=pki.ca_cert,
-    )
-    routes = RoutingTable(
-        {PAYER_ID: route},
-        {
-            str(clinic.organization_id): ProviderIdentity(
-                str(clinic.organization_id), "CLINIC", NPI, "America/New_York"
-            )
-        },
-    )
-    eligibility = EligibilityService(
-        pool=pool,
-        cache=EligibilityCache(redis, cipher, blind_index, prefix=f"test:{unique}:elig"),
-        cipher=cipher,
-        blind_index=blind_index,
-        client=client,
-        routes=routes,
-        config=EligibilityConfig(payer_timeout_s=5.0, default_wait_s=2.0),
-    )
-    elig_server: ServerHandle = await create_server(
-        service_name="eligibility",
-        listen="127.0.0.1:0",
-        tls=None,
-        servicers=[
-            Registration.of(
-                eligibility_service_pb2_grpc.add_EligibilityServiceServicer_to_server,
-                EligibilityServicer(lambda: eligibility),
-                ELIGIBILITY_SERVICE,
-            )
-        ],
-        principal_verifier=signer,
-    )
-    await elig_server.start()
-    await elig_server.set_serving()
-    elig_channel = channel(elig_server.address, tls=None)
+    async with (
+        running_eligibility(
+            pool, redis, clinic, pki, unique, signer, payer_latency_s=payer_latency_s
+        ) as eligibility_server,
+        _booking_server(
+            pool, redis, clinic, eligibility_server, signer, cipher, blind_index, config
+        ) as running,
+    ):
+        yield running
+
+
+@asynccontextmanager
+async def _booking_server(
+    pool: Pool,
+    redis: aioredis.Redis,
+    clinic: Clinic,
+    eligibility_server: EligibilityServer,
+    signer: PrincipalSigner,
+    cipher: FieldCipher,
+    blind_index: BlindIndex,
+    config: BookingConfig | None,
+) -> AsyncIterator[Booking]:
+    elig_channel = channel(eligibility_server.address, tls=None)
     service = BookingService(
         pool=pool,
         holds=HoldStore(redis),
@@ -253,7 +228,7 @@ async def running_booking(
             service,
             cipher,
             signer,
-            simulator,
+            eligibility_server.simulator,
             booking_channel,
             address=server.address,
             blind_index=blind_index,
@@ -262,10 +237,6 @@ async def running_booking(
         await booking_channel.close(None)
         await server.stop(1.0)
         await elig_channel.close(None)
-        await elig_server.stop(1.0)
-        await eligibility.close(grace_s=1.0)
-        await client.close()
-        await simulator.stop()
 
 
 @dataclass
