@@ -113,3 +113,12 @@ def test_every_readme_example_runs_and_answers_without_server_errors(
     grpc_booked = [d for d in documents if d.get("patient_id") == "patient-789"]
     assert [d["status"] for d in grpc_booked] == ["BOOKED"]
     assert grpc_booked[0]["appointment_id"]
+    # Administering: a PTO day over patient-789's visit is created and names the conflict.
+    exceptions = [d for d in documents if "exceptionId" in d]
+    assert [e["kind"] for e in exceptions] == ["PTO"]
+    assert exceptions[0]["conflictIds"], "the booked visit must be reported as a conflict"
+    conflict_lists = [d for d in documents if "conflicts" in d]
+    assert conflict_lists
+    listed = {c["conflictId"]: c for c in conflict_lists[-1]["conflicts"]}
+    assert set(exceptions[0]["conflictIds"]) <= set(listed)
+    assert any(c.get("appointmentId") == grpc_booked[0]["appointment_id"] for c in listed.values())
