@@ -686,6 +686,7 @@ class ScheduleAdminServicer(api_grpc.ScheduleAdminServiceServicer):
     async def CreateLocation(  # noqa: N802 (generated servicer method name)
         self, request: api.CreateLocationRequest, context: Context
     ) -> res.Location:
+        self.admin.check_organization_access(current_principal(), request.organization_id)
         values = _LOCATION.parse(request.location, "location.")
         values["active"] = True
         loc = m.LocationRecord(id="", organization_id="", **values)
@@ -821,6 +822,7 @@ class ScheduleAdminServicer(api_grpc.ScheduleAdminServiceServicer):
     async def CreateResource(  # noqa: N802 (generated servicer method name)
         self, request: api.CreateResourceRequest, context: Context
     ) -> res.Resource:
+        self.admin.check_organization_access(current_principal(), request.organization_id)
         values = _RESOURCE.parse(request.resource, "resource.")
         values["active"] = True
         resource = m.ResourceRecord(id="", organization_id="", **values)
@@ -915,6 +917,7 @@ class ScheduleAdminServicer(api_grpc.ScheduleAdminServiceServicer):
     async def CreateScheduleTemplate(  # noqa: N802 (generated servicer method name)
         self, request: api.CreateScheduleTemplateRequest, context: Context
     ) -> res.ScheduleTemplate:
+        self.admin.check_organization_access(current_principal(), request.organization_id)
         values = _TEMPLATE.parse(request.template, "template.")
         template = m.TemplateRecord(id="", organization_id="", **values)
         created = await self.admin.create_template(
@@ -949,6 +952,7 @@ class ScheduleAdminServicer(api_grpc.ScheduleAdminServiceServicer):
     async def UpdateScheduleTemplate(  # noqa: N802 (generated servicer method name)
         self, request: api.UpdateScheduleTemplateRequest, context: Context
     ) -> res.ScheduleTemplate:
+        self.admin.check_organization_access(current_principal(), request.organization_id)
         fields = _TEMPLATE.masked(request.update_mask, "template.")
         values = _TEMPLATE.parse(request.template, "template.", fields)
         template = await self.admin.update_template(
@@ -961,6 +965,7 @@ class ScheduleAdminServicer(api_grpc.ScheduleAdminServiceServicer):
     async def CreateScheduleException(  # noqa: N802 (generated servicer method name)
         self, request: api.CreateScheduleExceptionRequest, context: Context
     ) -> res.ScheduleException:
+        self.admin.check_organization_access(current_principal(), request.organization_id)
         check = ViolationCollector()
         values = _exception_values(request.exception, check)
         check.raise_if_any()
@@ -1012,6 +1017,7 @@ class ScheduleAdminServicer(api_grpc.ScheduleAdminServiceServicer):
     async def CreateScheduleOverride(  # noqa: N802 (generated servicer method name)
         self, request: api.CreateScheduleOverrideRequest, context: Context
     ) -> res.ScheduleOverride:
+        self.admin.check_organization_access(current_principal(), request.organization_id)
         check = ViolationCollector()
         values = _override_values(request.override, check)
         check.raise_if_any()

@@ -209,6 +209,13 @@ def _decode_token(token: str, kind: str, filters: Sequence[str]) -> tuple[str, .
     return tuple(document["a"])
 
 
+def _organization_not_found(organization_id: str) -> NotFound:
+    return NotFound(
+        f"organization {organization_id} not found",
+        reasons=[Reason("NOT_FOUND", subject=f"organizations/{organization_id}")],
+    )
+
+
 def _page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument.single("page_size", "must not be negative")
@@ -251,19 +258,25 @@ class ScheduleAdmin:
             raise PermissionDenied("patients may not administer schedules")
         return principal
 
+    def check_organization_access(self, principal: Principal | None, organization_id: str) -> str:
+        """The canonical id of an organisation the caller may act in, or NOT_FOUND.
+
+        Servers call it before looking at a request body, so a caller outside the
+        organisation learns nothing, not even which of its fields are wrong.
+        """
+        caller = self._require_caller(principal)
+        canonical = parse_id(organization_id)
+        if canonical is None or not can_access_organization(caller, canonical):
+            raise _organization_not_found(organization_id)
+        return canonical
+
     async def _organization(
         self, conn: Connection, principal: Principal | None, organization_id: str
     ) -> OrganizationRecord:
-        caller = self._require_caller(principal)
-        canonical = parse_id(organization_id)
-        org = None
-        if canonical is not None and can_access_organization(caller, canonical):
-            org = await store.get_organization(conn, canonical)
+        canonical = self.check_organization_access(principal, organization_id)
+        org = await store.get_organization(conn, canonical)
         if org is None:
-            raise NotFound(
-                f"organization {organization_id} not found",
-                reasons=[Reason("NOT_FOUND", subject=f"organizations/{organization_id}")],
-            )
+            raise _organization_not_found(organization_id)
         return org
 
     @staticmethod
