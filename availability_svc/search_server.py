@@ -28,9 +28,9 @@ from availability_svc.search_service import (
     SearchService,
     VisitTypeInfo,
     local_iso,
-    slot_time,
 )
 from common.grpc_server import Registration
+from common.slot_ids import slot_time
 from medsched.availability.v1 import availability_service_pb2 as pb
 from medsched.availability.v1 import availability_service_pb2_grpc as pb_grpc
 from medsched.common.v1 import types_pb2

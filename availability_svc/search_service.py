@@ -45,6 +45,7 @@ from common.errors import (
     Reason,
     ViolationCollector,
 )
+from common.slot_ids import format_slot_id, parse_slot_id
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -85,7 +86,6 @@ _RADIUS = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(mi|km)\s*", re.IGNOR
 _COORDINATE = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CLOCK = re.compile(r"([0-9]{2}):([0-9]{2})")
-_SLOT_TIME_FORMAT = "%Y%m%dT%H%MZ"
 
 SortKey = tuple[float, int, str, str]
 """(distance in km when sorting by distance else 0.0, start epoch s, provider id, location id)."""
@@ -555,33 +555,10 @@ def decode_page_token(token: str, query: AvailabilityQuery) -> SortKey:
     return key
 
 
-def format_slot_id(provider_id: str, start_utc: int) -> str:
-    """The id of a visit's first granule: `<provider id>_<start UTC as YYYYMMDDTHHMMZ>`."""
-    return f"{provider_id}_{slot_time(start_utc)}"
-
-
-# Results cluster on the same few thousand start instants (the next days' granules), so the
-# formatted forms are cached: formatting is a good share of a search's own cost.
-@functools.lru_cache(maxsize=1 << 16)
-def slot_time(start_utc: int) -> str:
-    """The time part of a slot id: the start in UTC as `YYYYMMDDTHHMMZ`."""
-    return datetime.fromtimestamp(start_utc, UTC).strftime(_SLOT_TIME_FORMAT)
-
-
 @functools.lru_cache(maxsize=1 << 16)
 def local_iso(time_zone: str, instant_utc: int) -> str:
     """An instant as local ISO 8601 date and time with offset, in `time_zone`."""
     return datetime.fromtimestamp(instant_utc, ZoneInfo(time_zone)).isoformat()
-
-
-def parse_slot_id(slot_id: str) -> tuple[str, datetime]:
-    """(provider id, start instant) of a slot id; ValueError if it is not one."""
-    provider_id, sep, stamp = slot_id.rpartition("_")
-    canonical = _canonical_id(provider_id) if sep else None
-    if canonical is None:
-        raise ValueError("not a slot id")
-    start = datetime.strptime(stamp, _SLOT_TIME_FORMAT).replace(tzinfo=UTC)
-    return canonical, start
 
 
 # ---- the use case --------------------------------------------------------------------------

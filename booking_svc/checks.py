@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from booking_svc import store
@@ -20,6 +20,7 @@ from booking_svc.holds import HoldRecord, HoldStore
 from common.auth import Principal, Role
 from common.db import Connection
 from common.errors import NotFound, Reason
+from common.slot_ids import format_slot_id
 
 Clock = Callable[[], datetime]
 
@@ -55,7 +56,7 @@ class Checked:
 
 
 def slot_id(provider_id: uuid.UUID, start: datetime) -> str:
-    return f"{provider_id}_{start.astimezone(UTC).strftime('%Y%m%dT%H%MZ')}"
+    return format_slot_id(str(provider_id), int(start.timestamp()))
 
 
 def may_see_organization(principal: Principal, organization_id: uuid.UUID) -> bool:
@@ -90,12 +91,25 @@ class StartChecker:
         rules = await store.visit_type_rules(conn, visit_type_id, target.provider_id)
         if rules is None or not may_see_organization(principal, rules.organization_id):
             raise NotFound(
-                "no such visit type", reasons=[Reason("VISIT_TYPE_NOT_FOUND", str(visit_type_id))]
+                "no such visit type",
+                reasons=[
+                    Reason(
+                        "VISIT_TYPE_NOT_FOUND",
+                        str(visit_type_id),
+                        resource_type="medsched.availability.v1.VisitType",
+                    )
+                ],
             )
         if not rules.provider_found or rules.provider_organization_id != rules.organization_id:
             raise NotFound(
                 "no such provider",
-                reasons=[Reason("PROVIDER_NOT_FOUND", str(target.provider_id))],
+                reasons=[
+                    Reason(
+                        "PROVIDER_NOT_FOUND",
+                        str(target.provider_id),
+                        resource_type="medsched.availability.v1.Provider",
+                    )
+                ],
             )
         step = timedelta(minutes=rules.granule_minutes)
         starts = [target.start + step * k for k in range(rules.duration_granules)]

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from common.auth import Principal, Role
 from common.errors import Conflict, FailedPrecondition, MedschedError, Reason, ViolationCollector
+from medsched.booking.v1 import appointment_pb2
 
 IDEMPOTENCY_KEY_MIN = 8
 IDEMPOTENCY_KEY_MAX = 128
@@ -40,6 +41,10 @@ class Status(enum.StrEnum):
 
 LIVE = frozenset({Status.BOOKED, Status.PENDING_VERIFICATION})
 FINAL = frozenset({Status.COMPLETED, Status.NO_SHOW, Status.CANCELLED})
+
+
+# The ErrorInfo domain of a refusal, as the booking contract names it.
+REFUSAL_DOMAIN = "medsched.booking.v1"
 
 
 class RefusalReason(enum.IntEnum):
@@ -93,9 +98,27 @@ class BookingRefused(MedschedError):
                 Reason(
                     code="BOOKING_REFUSED",
                     metadata={"reasons": ",".join(v.reason.name for v in self.violations)},
+                    domain=REFUSAL_DOMAIN,
                 )
             ],
+            details=[refusal_message(self.violations)],
         )
+
+
+def refusal_message(violations: Sequence[Violation]) -> appointment_pb2.BookingRefusal:
+    """The contract's `BookingRefusal` detail for `violations`."""
+    message = appointment_pb2.BookingRefusal()
+    for v in violations:
+        item = message.violations.add(
+            reason=int(v.reason),
+            description=v.description,
+            slot_ids=list(v.slot_ids),
+            resource_kind=v.resource_kind,
+            eligibility_check_id=v.eligibility_check_id,
+        )
+        if v.hold_expire_time is not None:
+            item.hold_expire_time.FromDatetime(v.hold_expire_time)
+    return message
 
 
 def refusal_code(violations: Sequence[Violation]) -> str:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, timedelta
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
 
 import grpc.aio
-from google.protobuf import any_pb2, empty_pb2
+from google.protobuf import empty_pb2
 
 from booking_svc.checks import slot_id
 from booking_svc.domain import (
     BookCommand,
-    BookingRefused,
     HoldCommand,
     Move,
     RescheduleCommand,
@@ -34,18 +33,17 @@ from booking_svc.holds import HoldRecord
 from booking_svc.service import BookingService
 from common.auth import Principal
 from common.crypto import BlindIndex
-from common.errors import NotFound, Unauthenticated, ViolationCollector
-from common.grpc_server import abort_with_status, current_deadline, current_principal, rpc_status_of
+from common.errors import Unauthenticated, ViolationCollector
+from common.grpc_server import current_deadline, current_principal
+from common.slot_ids import parse_slot_id
 from medsched.booking.v1 import appointment_pb2, booking_service_pb2, booking_service_pb2_grpc
 from medsched.common.v1 import types_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 B = booking_service_pb2
-REFUSAL_DOMAIN = "medsched.booking.v1"
 _MAX_PAGE = 100
 _DEFAULT_PAGE = 20
-_SLOT_TIME = "%Y%m%dT%H%MZ"
 
 
 class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
@@ -66,7 +64,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         assert target is not None
         assert visit_type is not None
         command = HoldCommand(target=target, visit_type_id=visit_type, patient_id=patient, ttl=ttl)
-        record = await answer(context, self._service().hold(command, _principal()))
+        record = await self._service().hold(command, _principal())
         return hold_message(record)
 
     async def ReleaseHold(self, request: B.ReleaseHoldRequest, context: Context) -> empty_pb2.Empty:  # noqa: N802
@@ -74,7 +72,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         hold_id = parse_uuid(request.hold_id, "hold_id", errors)
         errors.raise_if_any()
         assert hold_id is not None
-        await answer(context, self._service().release_hold(hold_id, _principal()))
+        await self._service().release_hold(hold_id, _principal())
         return empty_pb2.Empty()
 
     # ---- booking ------------------------------------------------------------------------
@@ -122,9 +120,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
             resource_ids=resources,
             hold_id=hold_id,
         )
-        return await answer(
-            context, self._service().book(command, _principal(), deadline=current_deadline())
-        )
+        return await self._service().book(command, _principal(), deadline=current_deadline())
 
     def _digest(self, request: Any) -> bytes:
         # A keyed hash of the whole request: recognises a changed retry without keeping PHI.
@@ -135,7 +131,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         self, request: B.GetAppointmentRequest, context: Context
     ) -> appointment_pb2.Appointment:
         appointment = _appointment_id(request.appointment_id)
-        return await answer(context, self._service().get(appointment, _principal()))
+        return await self._service().get(appointment, _principal())
 
     async def RescheduleAppointment(  # noqa: N802
         self, request: B.RescheduleAppointmentRequest, context: Context
@@ -158,7 +154,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
             resource_ids=resources,
             hold_id=hold_id,
         )
-        return await answer(context, self._service().reschedule(command, _principal()))
+        return await self._service().reschedule(command, _principal())
 
     async def CancelAppointment(  # noqa: N802
         self, request: B.CancelAppointmentRequest, context: Context
@@ -175,11 +171,8 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         check_free_text(request.cancellation_note, "cancellation_note", errors)
         errors.raise_if_any()
         assert appointment is not None
-        return await answer(
-            context,
-            self._service().cancel(
-                appointment, reason, request.cancellation_note, request.etag, _principal()
-            ),
+        return await self._service().cancel(
+            appointment, reason, request.cancellation_note, request.etag, _principal()
         )
 
     async def CheckInAppointment(  # noqa: N802
@@ -201,7 +194,7 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         self, context: Context, appointment_id: str, move: Move, etag: str
     ) -> appointment_pb2.Appointment:
         appointment = _appointment_id(appointment_id)
-        return await answer(context, self._service().move(appointment, move, etag, _principal()))
+        return await self._service().move(appointment, move, etag, _principal())
 
     # ---- lists --------------------------------------------------------------------------
 
@@ -232,11 +225,8 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
         assert org is not None
         assert resource is not None
         assert day is not None
-        found = await answer(
-            context,
-            self._service().list_resource_day(
-                org, resource, day, request.include_cancelled, _principal()
-            ),
+        found = await self._service().list_resource_day(
+            org, resource, day, request.include_cancelled, _principal()
         )
         return B.ListResourceDayResponse(appointments=found)
 
@@ -285,18 +275,12 @@ class BookingServicer(booking_service_pb2_grpc.BookingServiceServicer):
 def _target(request: Any, errors: ViolationCollector) -> Target | None:
     which = request.WhichOneof("target")
     if which == "slot_id":
-        provider_text, sep, stamp = request.slot_id.rpartition("_")
         try:
-            provider = uuid.UUID(provider_text) if sep else None
-            from datetime import datetime
-
-            start = datetime.strptime(stamp, _SLOT_TIME).replace(tzinfo=UTC)
+            slot_provider, start = parse_slot_id(request.slot_id)
         except ValueError:
-            provider = None
-        if provider is None:
             errors.add("slot_id", "is not a slot id (<provider id>_<YYYYMMDDTHHMMZ>)")
             return None
-        return Target(provider_id=provider, start=start)
+        return Target(provider_id=uuid.UUID(slot_provider), start=start)
     if which == "slot_start":
         slot = request.slot_start
         provider = parse_uuid(slot.provider_id, "slot_start.provider_id", errors)
@@ -366,8 +350,6 @@ def _principal() -> Principal:
 
 def hold_message(record: HoldRecord) -> appointment_pb2.Hold:
     provider = uuid.UUID(record.provider_id)
-    from datetime import datetime
-
     message = appointment_pb2.Hold(
         hold_id=str(record.hold_id),
         organization_id=record.organization_id,
@@ -381,73 +363,3 @@ def hold_message(record: HoldRecord) -> appointment_pb2.Hold:
     message.end_time.FromSeconds(record.end)
     message.expire_time.FromDatetime(record.expire_time)
     return message
-
-
-def refusal_message(refused: BookingRefused) -> appointment_pb2.BookingRefusal:
-    message = appointment_pb2.BookingRefusal()
-    for v in refused.violations:
-        item = message.violations.add(
-            reason=int(v.reason),
-            description=v.description,
-            slot_ids=list(v.slot_ids),
-            resource_kind=v.resource_kind,
-            eligibility_check_id=v.eligibility_check_id,
-        )
-        if v.hold_expire_time is not None:
-            item.hold_expire_time.FromDatetime(v.hold_expire_time)
-    return message
-
-
-async def answer(context: Context, work: Awaitable[T]) -> T:
-    """Await a use case; a refusal or a NOT_FOUND ends the call with its contract details."""
-    try:
-        return await work
-    except BookingRefused as refused:
-        await abort_refused(context, refused)
-    except NotFound as missing:
-        await abort_not_found(context, missing)
-
-
-# What each NOT_FOUND reason names, as `ResourceInfo.resource_type`.
-_RESOURCE_TYPES = {
-    "APPOINTMENT_NOT_FOUND": "medsched.booking.v1.Appointment",
-    "HOLD_NOT_FOUND": "medsched.booking.v1.Hold",
-    "VISIT_TYPE_NOT_FOUND": "medsched.availability.v1.VisitType",
-    "PROVIDER_NOT_FOUND": "medsched.availability.v1.Provider",
-    "RESOURCE_NOT_FOUND": "medsched.availability.v1.Resource",
-}
-
-
-async def abort_not_found(context: Context, missing: NotFound) -> NoReturn:
-    """NOT_FOUND with a `ResourceInfo` naming what was not found (the contract)."""
-    from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
-
-    status = rpc_status_of(missing)
-    for reason in missing.reasons:
-        packed = any_pb2.Any()
-        packed.Pack(
-            error_details_pb2.ResourceInfo(
-                resource_type=_RESOURCE_TYPES.get(reason.code, reason.code),
-                resource_name=reason.subject,
-                description=missing.message,
-            )
-        )
-        status.details.append(packed)
-    await abort_with_status(context, status)
-
-
-async def abort_refused(context: Context, refused: BookingRefused) -> NoReturn:
-    """End the call with the refusal's status: ErrorInfo BOOKING_REFUSED + BookingRefusal."""
-    status = rpc_status_of(refused)
-    for detail in status.details:
-        # The ErrorInfo of a refusal names its own domain, as the contract says.
-        from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
-
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and info.reason == "BOOKING_REFUSED":
-            info.domain = REFUSAL_DOMAIN
-            detail.Pack(info)
-    packed = any_pb2.Any()
-    packed.Pack(refusal_message(refused))
-    status.details.append(packed)
-    await abort_with_status(context, status)

@@ -263,7 +263,12 @@ class BookingService:
         if record is not None and not _may_act_for(
             principal, record.patient_id, record.organization_id
         ):
-            raise NotFound("no such hold", reasons=[Reason("HOLD_NOT_FOUND", str(hold_id))])
+            raise NotFound(
+                "no such hold",
+                reasons=[
+                    Reason("HOLD_NOT_FOUND", str(hold_id), resource_type="medsched.booking.v1.Hold")
+                ],
+            )
         reason = slot_events_pb2.SlotsReleased.RELEASED
         if record is None:
             # Lapsed (or consumed): releasing changes nothing but what the sweeper would do.
@@ -805,7 +810,16 @@ class BookingService:
                     before_resources=release_old,
                 )
                 if checked.rules.organization_id != row.organization_id:
-                    raise NotFound("no such provider")
+                    raise NotFound(
+                        "no such provider",
+                        reasons=[
+                            Reason(
+                                "PROVIDER_NOT_FOUND",
+                                str(cmd.target.provider_id),
+                                resource_type="medsched.availability.v1.Provider",
+                            )
+                        ],
+                    )
                 if checked.violations:
                     raise BookingRefused(checked.violations)
                 new_starts = (
@@ -1165,7 +1179,13 @@ class BookingService:
             # Another patient's appointment looks exactly like one that does not exist.
             raise NotFound(
                 "no such appointment",
-                reasons=[Reason("APPOINTMENT_NOT_FOUND", str(appointment_id))],
+                reasons=[
+                    Reason(
+                        "APPOINTMENT_NOT_FOUND",
+                        str(appointment_id),
+                        resource_type="medsched.booking.v1.Appointment",
+                    )
+                ],
             )
         return row
 
@@ -1216,7 +1236,14 @@ class BookingService:
             found = await cursor.fetchone()
             if found is None:
                 raise NotFound(
-                    "no such resource", reasons=[Reason("RESOURCE_NOT_FOUND", str(resource_id))]
+                    "no such resource",
+                    reasons=[
+                        Reason(
+                            "RESOURCE_NOT_FOUND",
+                            str(resource_id),
+                            resource_type="medsched.availability.v1.Resource",
+                        )
+                    ],
                 )
             zone = ZoneInfo(found[0])
             day_start = datetime.combine(day, datetime.min.time(), zone)

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from google.protobuf.message import Message
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -39,6 +41,12 @@ class Reason:
     subject: str = ""
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # The ErrorInfo domain; empty: medsched's own. A contract may name its own (e.g. the
+    # booking contract's `medsched.booking.v1` for BOOKING_REFUSED).
+    domain: str = ""
+    # For NOT_FOUND: the kind of thing missing (e.g. `medsched.booking.v1.Appointment`),
+    # sent as a `ResourceInfo` with `subject` as its name.
+    resource_type: str = ""
 
 
 class MedschedError(Exception):
@@ -46,10 +54,15 @@ class MedschedError(Exception):
 
     grpc_code_name: str = "UNKNOWN"
 
-    def __init__(self, message: str, *, reasons: Iterable[Reason] = ()) -> None:
+    def __init__(
+        self, message: str, *, reasons: Iterable[Reason] = (), details: Iterable[Message] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reasons: tuple[Reason, ...] = tuple(reasons)
+        # Typed details a contract defines for this error (e.g. a `BookingRefusal`), sent
+        # after the standard ones.
+        self.details: tuple[Message, ...] = tuple(details)
 
 
 class InvalidArgument(MedschedError):

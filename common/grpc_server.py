@@ -79,6 +79,7 @@ from common.errors import (
     FailedPrecondition,
     InvalidArgument,
     MedschedError,
+    NotFound,
     Reason,
     Unauthenticated,
 )
@@ -407,8 +408,9 @@ def rpc_status_of(error: MedschedError) -> status_pb2.Status:
     """The `google.rpc.Status` (code, message, typed details) for a domain error.
 
     Field violations become `BadRequest`; every reason becomes an `ErrorInfo` (reason code,
-    domain `medsched`, metadata plus the subject), and for FAILED_PRECONDITION the reasons
-    are also listed as `PreconditionFailure` violations.
+    its domain or `medsched`, metadata plus the subject); for FAILED_PRECONDITION the reasons
+    are also listed as `PreconditionFailure` violations, and for NOT_FOUND those naming a
+    `resource_type` as `ResourceInfo`. The error's own typed details come last.
     """
     details: list[Any] = []
     if isinstance(error, InvalidArgument):
@@ -427,7 +429,9 @@ def rpc_status_of(error: MedschedError) -> status_pb2.Status:
         if reason.subject:
             metadata.setdefault("subject", reason.subject)
         details.append(
-            error_details_pb2.ErrorInfo(reason=reason.code, domain=ERROR_DOMAIN, metadata=metadata)
+            error_details_pb2.ErrorInfo(
+                reason=reason.code, domain=reason.domain or ERROR_DOMAIN, metadata=metadata
+            )
         )
     if isinstance(error, FailedPrecondition) and error.reasons:
         details.append(
@@ -440,6 +444,17 @@ def rpc_status_of(error: MedschedError) -> status_pb2.Status:
                 ]
             )
         )
+    if isinstance(error, NotFound):
+        details.extend(
+            error_details_pb2.ResourceInfo(
+                resource_type=r.resource_type,
+                resource_name=r.subject,
+                description=error.message,
+            )
+            for r in error.reasons
+            if r.resource_type
+        )
+    details.extend(error.details)
     return _status(status_code_of(error), error.message, details)
 
 

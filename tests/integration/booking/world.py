@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from availability_svc.materializer import EventContext, materialize_organization
 from common.db import Connection, Pool
+from common.slot_ids import format_slot_id
 from medsched.events.v1 import envelope_pb2
 
 TIME_ZONE = "America/New_York"
@@ -56,7 +57,7 @@ class Clinic:
         return datetime(day.year, day.month, day.day, hour, minute, tzinfo=ZONE).astimezone(UTC)
 
     def slot_id(self, provider: uuid.UUID, start: datetime) -> str:
-        return f"{provider}_{start.astimezone(UTC).strftime('%Y%m%dT%H%MZ')}"
+        return format_slot_id(str(provider), int(start.timestamp()))
 
 
 async def build_clinic(pool: Pool, *, days: int = 14) -> Clinic:
