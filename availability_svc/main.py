@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from datetime import UTC, datetime
 
 from availability_svc.admin_server import admin_registration
@@ -64,11 +63,8 @@ class SearchReadModel:
         """Build the index from a snapshot, then keep it current (stopped at shutdown)."""
         projection = Projection(runtime.pool, runtime.jetstream)
         await projection.build()
-        # The index and reference data are long-lived: moving them out of the collector's
-        # reach keeps full collections (tens of milliseconds at full scale, stalling every
-        # search in flight) down to what requests allocate.
-        gc.collect()
-        gc.freeze()
+        # The index is long-lived: `common.runtime.settle_heap` moves it out of the cycle
+        # collector's reach once this hook returns.
         await projection.start()
         runtime.on_close(projection.stop)
         self.projection = projection

@@ -502,7 +502,10 @@ def _load_process(kind: str, args: tuple[Any, ...], results: Any) -> None:
         runner = asyncio.Runner()
     with runner:
         coroutine = _open_loop(*args) if kind == "open" else _closed_loop(*args)
-        results.put(runner.run(coroutine))
+        cpu_before = time.process_time()
+        outcome = runner.run(coroutine)
+        outcome["cpu"] = time.process_time() - cpu_before
+        results.put(outcome)
 
 
 def start_load(kind: str, *args: Any) -> tuple[Any, Any]:
@@ -665,30 +668,35 @@ def run_rate(address: str, payloads: list[bytes], rate: float, seconds: float, p
 
 def closed_loop_rate(
     address: str, method: str, payloads: list[bytes], pid: int, concurrency: int, seconds: float
-) -> tuple[float, float]:
-    """(calls per second, service CPU as a fraction of one core) with `concurrency` in flight."""
+) -> tuple[float, float, float]:
+    """(calls per second, service CPU and load generator CPU, each as a fraction of one
+    core) with `concurrency` in flight."""
     cpu_before = cpu_seconds(pid)
     process, results = start_load("closed", address, method, payloads, concurrency, seconds)
     outcome = finish_load(process, results)
     cpu = (cpu_seconds(pid) - cpu_before) / outcome["elapsed"]
-    return outcome["done"] / outcome["elapsed"], cpu
+    return outcome["done"] / outcome["elapsed"], cpu, outcome["cpu"] / outcome["elapsed"]
 
 
 def run_saturation(
     address: str, payloads: list[bytes], pid: int, concurrency: int, seconds: float
 ) -> None:
-    search_rate, cpu = closed_loop_rate(address, SEARCH_METHOD, payloads, pid, concurrency, seconds)
+    search_rate, cpu, load_cpu = closed_loop_rate(
+        address, SEARCH_METHOD, payloads, pid, concurrency, seconds
+    )
     print(
         f"search saturation: {search_rate:.0f}/s with {concurrency} in flight"
-        f" (service CPU {cpu * 100:.0f}% of one core, {cpu / search_rate * 1e6:.0f} us per call)"
+        f" (service CPU {cpu * 100:.0f}% of one core, {cpu / search_rate * 1e6:.0f} us per call;"
+        f" load generator {load_cpu * 100:.0f}%, {load_cpu / search_rate * 1e6:.0f} us per call)"
     )
     health = [health_pb2.HealthCheckRequest().SerializeToString()]
-    noop_rate, noop_cpu = closed_loop_rate(
+    noop_rate, noop_cpu, noop_load_cpu = closed_loop_rate(
         address, HEALTH_METHOD, health, pid, concurrency, seconds
     )
     print(
         f"no-op RPC (Health/Check) saturation: {noop_rate:.0f}/s"
-        f" (service CPU {noop_cpu * 100:.0f}%, {noop_cpu / noop_rate * 1e6:.0f} us per call);"
+        f" (service CPU {noop_cpu * 100:.0f}%, {noop_cpu / noop_rate * 1e6:.0f} us per call;"
+        f" load generator {noop_load_cpu * 100:.0f}%);"
         f" search / no-op = {search_rate / noop_rate * 100:.0f}%"
     )
 

@@ -593,9 +593,12 @@ class _CallPipeline:
             behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
         else:
             behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        deserializer = handler.request_deserializer
+        if deserializer is not None and not handler.request_streaming:
+            deserializer = _nul_screened(deserializer)
         return factory(
             self._wrap_behavior(_method(name), behavior),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -765,16 +768,38 @@ def _method(name: str) -> _Method:
     )
 
 
-def _refuse_nul(request: Any) -> None:
-    """INVALID_ARGUMENT, naming the field, for a request string holding NUL (U+0000).
+class _NulRefusal(NamedTuple):
+    """Stands for a request that holds NUL in a string field (see `_nul_screened`)."""
+
+    path: str
+
+
+def _nul_screened(
+    deserialize: Callable[[bytes], Any],
+) -> Callable[[bytes], Any]:
+    """`deserialize`, returning a `_NulRefusal` for a request with NUL in a string field.
 
     Protobuf strings may hold NUL but PostgreSQL text cannot, so such a value would fail deep
-    in a service as an internal error instead of being the caller's bad input.
+    in a service as an internal error instead of being the caller's bad input. UTF-8 writes
+    U+0000 as a zero byte and nothing else, so a request whose bytes hold no zero byte (the
+    usual case) needs no walk over its fields.
     """
-    if isinstance(request, Message):
-        path = nul_field_path(request)
-        if path is not None:
-            raise InvalidArgument.single(path, "must not contain the NUL character (U+0000)")
+
+    def screened(data: bytes) -> Any:
+        message = deserialize(data)
+        if b"\x00" in data and isinstance(message, Message):
+            path = nul_field_path(message)
+            if path is not None:
+                return _NulRefusal(path)
+        return message
+
+    return screened
+
+
+def _refuse_nul(request: Any) -> None:
+    """INVALID_ARGUMENT, naming the field, for a request `_nul_screened` found NUL in."""
+    if type(request) is _NulRefusal:
+        raise InvalidArgument.single(request.path, "must not contain the NUL character (U+0000)")
 
 
 def nul_field_path(message: Message, prefix: str = "") -> str | None:

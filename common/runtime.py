@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -195,6 +196,28 @@ async def close_runtime(runtime: Runtime) -> None:
             )
 
 
+# Allocations between young-generation collections once a service is serving (CPython's
+# default is 700). A gRPC call allocates a few hundred tracked objects, almost all freed by
+# reference counting when it ends; at the default a young collection runs every call or two
+# and scans every call in flight. Measured on the availability search at saturation: about
+# 10% of a call's CPU. Cycles still get collected, just in larger batches.
+YOUNG_COLLECTION_THRESHOLD = 50_000
+
+
+def settle_heap() -> None:
+    """Tune the cycle collector for serving, once start-up has built its long-lived objects.
+
+    What start-up built (indexes, caches, reference data, modules) is moved out of the
+    collector's reach (`gc.freeze`), so older-generation collections stop walking it (at
+    the availability index's size that took tens of milliseconds, stalling every call in
+    flight); young collections then run every `YOUNG_COLLECTION_THRESHOLD` allocations.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+
+
 ServicerFactory = Callable[[Runtime], Sequence[Registration]]
 StartHook = Callable[[Runtime], Awaitable[None]]
 
@@ -230,6 +253,7 @@ async def run_service(
         await open_dependencies(runtime, needs)
         if on_ready is not None:
             await on_ready(runtime)
+        settle_heap()
         await handle.set_serving()
         logger.info("service ready", extra={"service": settings.service, "port": handle.port})
         await serve(handle, grace_s=settings.shutdown_grace_s)

@@ -85,7 +85,7 @@ def test_recorded_rpcs_are_scraped_with_count_and_latency(telemetry: Telemetry) 
 
 
 def test_resource_names_the_service(telemetry: Telemetry) -> None:
-    telemetry.metrics.record_rpc(BOOK, "OK", 0.01)
+    telemetry.metrics.observe_outbox_pending("booking", lambda: 1)
 
     scraped = series(scrape(telemetry))
 
