@@ -24,8 +24,10 @@ from availability_svc.search_service import (
 )
 from common.errors import DependencyUnavailable
 from common.grpc_server import Registration, run
+from common.log import configure_logging
 from common.runtime import Needs, Runtime, run_service
 from common.settings import Settings
+from common.workers import run_workers
 
 __all__ = ["SEARCH_SERVICE", "SearchReadModel", "main", "registrations"]
 
@@ -94,8 +96,25 @@ def registrations(runtime: Runtime, read_model: SearchReadModel) -> list[Registr
     return [search_registration(service), admin_registration(runtime)]
 
 
+def _roll_forward_in_first(index: int) -> dict[str, str]:
+    """Worker 0 rolls the horizon forward; the others need not try (one would win the lock)."""
+    return {} if index == 0 else {"MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S": "0"}
+
+
 def main() -> None:
     settings = Settings.from_env(SERVICE)
+    if settings.availability_processes > 1:
+        # Searches are CPU-bound Python: more processes on one port, each with its index.
+        configure_logging(settings.service, settings.log_level)
+        raise SystemExit(
+            run_workers(
+                settings,
+                "availability_svc.main",
+                settings.availability_processes,
+                count_variable="MEDSCHED_AVAILABILITY_PROCESSES",
+                per_worker=_roll_forward_in_first,
+            )
+        )
     read_model = SearchReadModel(settings.availability_roll_forward_interval_s)
     run(
         run_service(

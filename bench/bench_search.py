@@ -20,6 +20,8 @@ on the same 2 cores as the service, as the issue's targets assume.
     .venv/bin/python bench/bench_search.py --data-dir /tmp/medsched-bench   # keep and reuse data
     .venv/bin/python bench/bench_search.py --data-dir /tmp/medsched-bench --phases freshness \
         --freshness-rate 0         # the pipeline's own freshness, no other load
+    .venv/bin/python bench/bench_search.py --data-dir /tmp/medsched-bench --processes 2
+                                   # two search processes on one port (SO_REUSEPORT)
 """
 
 from __future__ import annotations
@@ -334,7 +336,9 @@ def load_slots(
 # ---- the service process ---------------------------------------------------------------------
 
 
-def service_env(database_url: str, nats_url: str, redis_url: str, port: int) -> dict[str, str]:
+def service_env(
+    database_url: str, nats_url: str, redis_url: str, port: int, processes: int = 1
+) -> dict[str, str]:
     def key() -> str:
         return base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -349,22 +353,47 @@ def service_env(database_url: str, nats_url: str, redis_url: str, port: int) -> 
         MEDSCHED_HASH_KEY=key(),
         MEDSCHED_PRINCIPAL_KEY=key(),
         MEDSCHED_LOG_LEVEL="INFO",
+        MEDSCHED_AVAILABILITY_PROCESSES=str(processes),
     )
     return env
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its child processes (the search workers when there are several)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+    return [pid, *sorted(children)]
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) resident set size of a process in MB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.strip()
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    """(current, peak) resident set size in MB of the process serving searches: the largest
+    worker's when there are several (each holds its own index)."""
+    pids = process_tree(pid)
+    serving = pids[1:] or pids
+    sizes = []
+    for member in serving:
+        fields = {}
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+        sizes.append(
+            (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+        )
+    return max(size[0] for size in sizes), max(size[1] for size in sizes)
 
 
 def cpu_seconds(pid: int) -> float:
-    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the process and its children (the workers)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            parts = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def wait_serving(address: str, timeout_s: float) -> None:
@@ -395,13 +424,30 @@ def wait_start_work(pid: int, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def logged_build_seconds(log: Path) -> float | None:
+def logged(log: Path, message: str) -> list[dict[str, Any]]:
+    """The service's JSON log records with this message (one per worker process)."""
+    records = []
     for line in log.read_text().splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
-            if record.get("msg") == "availability index built":
-                return float(record["extra"]["build_seconds"])
-    return None
+            if record.get("msg") == message:
+                records.append(record)
+    return records
+
+
+def logged_build_seconds(log: Path) -> str:
+    builds = logged(log, "availability index built")
+    return ", ".join(str(record["extra"]["build_seconds"]) for record in builds) or "?"
+
+
+def wait_logged_ready(log: Path, processes: int, timeout_s: float) -> None:
+    """Until every search process has logged that it is ready (health answers from whichever
+    process took the connection)."""
+    deadline = time.monotonic() + timeout_s
+    while len(logged(log, "service ready")) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{processes} search processes were not ready in {timeout_s} s")
+        time.sleep(0.2)
 
 
 # ---- load generation (separate process) ------------------------------------------------------
@@ -432,21 +478,39 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _channels(address: str, count: int) -> list[grpc.aio.Channel]:
+    """`count` channels, each on a connection of its own: with several search processes
+    on the port, the kernel spreads connections (not calls) over them."""
+    return [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(count)
+    ]
+
+
 async def _open_loop(
-    address: str, method: str, payloads: Sequence[bytes], rate: float, seconds: float
+    address: str,
+    method: str,
+    payloads: Sequence[bytes],
+    rate: float,
+    seconds: float,
+    connections: int = 1,
 ) -> dict[str, Any]:
     latencies: list[float] = []
     dues: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(
-            method, request_serializer=_identity, response_deserializer=_identity
-        )
+    channels = _channels(address, connections)
+    try:
+        calls = [
+            channel.unary_unary(
+                method, request_serializer=_identity, response_deserializer=_identity
+            )
+            for channel in channels
+        ]
 
-        async def one(payload: bytes, due: float) -> None:
+        async def one(payload: bytes, due: float, n: int) -> None:
             nonlocal errors
             try:
-                await call(payload, timeout=5)
+                await calls[n % len(calls)](payload, timeout=5)
                 latencies.append(time.perf_counter() - due)  # from when it was due: no omission
                 dues.append(due - start)
             except grpc.aio.AioRpcError:
@@ -460,25 +524,38 @@ async def _open_loop(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(payloads[n % len(payloads)], due)))
+            tasks.append(asyncio.create_task(one(payloads[n % len(payloads)], due, n)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+    finally:
+        for channel in channels:
+            await channel.close(None)
     return {"latencies": latencies, "dues": dues, "errors": errors, "elapsed": elapsed}
 
 
 async def _closed_loop(
-    address: str, method: str, payloads: Sequence[bytes], concurrency: int, seconds: float
+    address: str,
+    method: str,
+    payloads: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    connections: int = 1,
 ) -> dict[str, Any]:
     done = errors = 0
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(
-            method, request_serializer=_identity, response_deserializer=_identity
-        )
+    channels = _channels(address, connections)
+    try:
+        calls = [
+            channel.unary_unary(
+                method, request_serializer=_identity, response_deserializer=_identity
+            )
+            for channel in channels
+        ]
         stop = time.perf_counter() + seconds
 
         async def worker(offset: int) -> None:
             nonlocal done, errors
             n = offset
+            call = calls[offset % len(calls)]
             while time.perf_counter() < stop:
                 try:
                     await call(payloads[n % len(payloads)], timeout=5)
@@ -490,6 +567,9 @@ async def _closed_loop(
         started = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close(None)
     return {"done": done, "errors": errors, "elapsed": elapsed}
 
 
@@ -647,9 +727,18 @@ def summary(name: str, latencies: Sequence[float]) -> str:
     )
 
 
-def run_rate(address: str, payloads: list[bytes], rate: float, seconds: float, pid: int) -> None:
+def run_rate(
+    address: str,
+    payloads: list[bytes],
+    rate: float,
+    seconds: float,
+    pid: int,
+    connections: int = 1,
+) -> None:
     cpu_before = cpu_seconds(pid)
-    process, results = start_load("open", address, SEARCH_METHOD, payloads, rate, seconds)
+    process, results = start_load(
+        "open", address, SEARCH_METHOD, payloads, rate, seconds, connections
+    )
     outcome = finish_load(process, results)
     cpu = cpu_seconds(pid) - cpu_before
     achieved = len(outcome["latencies"]) / outcome["elapsed"]
@@ -667,22 +756,35 @@ def run_rate(address: str, payloads: list[bytes], rate: float, seconds: float, p
 
 
 def closed_loop_rate(
-    address: str, method: str, payloads: list[bytes], pid: int, concurrency: int, seconds: float
+    address: str,
+    method: str,
+    payloads: list[bytes],
+    pid: int,
+    concurrency: int,
+    seconds: float,
+    connections: int = 1,
 ) -> tuple[float, float, float]:
     """(calls per second, service CPU and load generator CPU, each as a fraction of one
     core) with `concurrency` in flight."""
     cpu_before = cpu_seconds(pid)
-    process, results = start_load("closed", address, method, payloads, concurrency, seconds)
+    process, results = start_load(
+        "closed", address, method, payloads, concurrency, seconds, connections
+    )
     outcome = finish_load(process, results)
     cpu = (cpu_seconds(pid) - cpu_before) / outcome["elapsed"]
     return outcome["done"] / outcome["elapsed"], cpu, outcome["cpu"] / outcome["elapsed"]
 
 
 def run_saturation(
-    address: str, payloads: list[bytes], pid: int, concurrency: int, seconds: float
+    address: str,
+    payloads: list[bytes],
+    pid: int,
+    concurrency: int,
+    seconds: float,
+    connections: int = 1,
 ) -> None:
     search_rate, cpu, load_cpu = closed_loop_rate(
-        address, SEARCH_METHOD, payloads, pid, concurrency, seconds
+        address, SEARCH_METHOD, payloads, pid, concurrency, seconds, connections
     )
     print(
         f"search saturation: {search_rate:.0f}/s with {concurrency} in flight"
@@ -691,7 +793,7 @@ def run_saturation(
     )
     health = [health_pb2.HealthCheckRequest().SerializeToString()]
     noop_rate, noop_cpu, noop_load_cpu = closed_loop_rate(
-        address, HEALTH_METHOD, health, pid, concurrency, seconds
+        address, HEALTH_METHOD, health, pid, concurrency, seconds, connections
     )
     print(
         f"no-op RPC (Health/Check) saturation: {noop_rate:.0f}/s"
@@ -699,6 +801,14 @@ def run_saturation(
         f" load generator {noop_load_cpu * 100:.0f}%);"
         f" search / no-op = {search_rate / noop_rate * 100:.0f}%"
     )
+
+
+def connections_for(args: argparse.Namespace) -> int:
+    """Connections the load generator opens: one per process is not enough for the kernel
+    to spread them evenly, so four per process when there are several."""
+    if args.connections:
+        return int(args.connections)
+    return 1 if args.processes == 1 else 4 * args.processes
 
 
 def run_freshness(
@@ -712,7 +822,13 @@ def run_freshness(
     background = None
     if rate > 0:
         background = start_load(
-            "open", address, SEARCH_METHOD, payloads, rate, args.probes * 0.06 + 10
+            "open",
+            address,
+            SEARCH_METHOD,
+            payloads,
+            rate,
+            args.probes * 0.06 + 10,
+            connections_for(args),
         )
         time.sleep(2)
     fresh = asyncio.run(measure_freshness(database_url, address, data, args.probes, args.seed))
@@ -741,6 +857,17 @@ def main() -> None:
         "--phases",
         default="rate,saturation,freshness",
         help="which measurements to run after the start (rate,saturation,freshness)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="search processes sharing the port (MEDSCHED_AVAILABILITY_PROCESSES, 1)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="connections the load generator opens (1; 4 per process with several)",
     )
     parser.add_argument("--data-dir", help="keep the database here and reuse it next time")
     parser.add_argument("--seed", type=int, default=1)
@@ -802,33 +929,44 @@ def main() -> None:
         with log.open("wb") as log_file:
             service = subprocess.Popen(
                 [sys.executable, "-m", "availability_svc.main"],
-                env=service_env(infra.database_url, infra.nats_url, infra.redis_url, port),
+                env=service_env(
+                    infra.database_url, infra.nats_url, infra.redis_url, port, args.processes
+                ),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
         asyncio.run(wait_serving(address, timeout_s=600))
+        wait_logged_ready(log, args.processes, timeout_s=600)
         serving_s = time.perf_counter() - started
         rss, peak = rss_mb(service.pid)
         print(
             f"start: SERVING after {serving_s:.1f} s;"
             f" index build {logged_build_seconds(log)} s (logged)"
         )
-        print(f"memory after build: RSS {rss:.0f} MB (peak during build {peak:.0f} MB)")
+        print(
+            f"memory after build, per search process: RSS {rss:.0f} MB"
+            f" (peak during build {peak:.0f} MB)"
+        )
 
         waited = wait_start_work(service.pid, timeout_s=120)
         print(f"service idle {waited:.0f} s after SERVING")
 
         payloads = search_requests(data, 4000, args.seed)
         if "rate" in args.phases:
-            run_rate(address, payloads, args.rate, args.seconds, service.pid)
+            run_rate(address, payloads, args.rate, args.seconds, service.pid, connections_for(args))
         if "saturation" in args.phases:
             run_saturation(
-                address, payloads, service.pid, args.concurrency, args.saturation_seconds
+                address,
+                payloads,
+                service.pid,
+                args.concurrency,
+                args.saturation_seconds,
+                connections_for(args),
             )
         if "freshness" in args.phases:
             run_freshness(infra.database_url, address, data, payloads, args)
         rss, peak = rss_mb(service.pid)
-        print(f"memory at the end: RSS {rss:.0f} MB (peak {peak:.0f} MB)")
+        print(f"memory at the end, per search process: RSS {rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
         if service is not None:
             service.terminate()

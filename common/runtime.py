@@ -247,6 +247,7 @@ async def run_service(
             method, _code_name(code), seconds
         ),
         tracer_provider=telemetry.tracer_provider,
+        reuse_port=settings.grpc_reuse_port,
     )
     try:
         await handle.start()

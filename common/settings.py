@@ -92,6 +92,16 @@ VARIABLES: tuple[Variable, ...] = (
         "512",
     ),
     Variable(
+        "MEDSCHED_GRPC_REUSE_PORT",
+        "let several processes share MEDSCHED_GRPC_LISTEN's port (SO_REUSEPORT)",
+        "false",
+    ),
+    Variable(
+        "MEDSCHED_AVAILABILITY_PROCESSES",
+        "availability: search processes sharing the gRPC port, each with its own index",
+        "1",
+    ),
+    Variable(
         "MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S",
         "availability: how often the roll-forward of the horizon runs (also at start); 0: never",
         "3600",
@@ -180,6 +190,8 @@ class Settings:
     eligibility_cache_ttl_s: float
     eligibility_payer_timeout_s: float
     eligibility_max_flights: int
+    grpc_reuse_port: bool
+    availability_processes: int
     availability_roll_forward_interval_s: float
     booking_budget_s: float
     booking_verification_max_age_days: float
@@ -233,6 +245,8 @@ class Settings:
                 "MEDSCHED_ELIGIBILITY_PAYER_TIMEOUT_S"
             ),
             eligibility_max_flights=reader.non_negative_int("MEDSCHED_ELIGIBILITY_MAX_FLIGHTS"),
+            grpc_reuse_port=reader.boolean("MEDSCHED_GRPC_REUSE_PORT"),
+            availability_processes=reader.positive_int("MEDSCHED_AVAILABILITY_PROCESSES"),
             availability_roll_forward_interval_s=reader.non_negative_float(
                 "MEDSCHED_AVAILABILITY_ROLL_FORWARD_INTERVAL_S"
             ),
@@ -354,6 +368,19 @@ class _Reader:
         if number < 0:
             self.violation(name, "must be a number >= 0")
         return number
+
+    def positive_int(self, name: str) -> int:
+        value = self.value(name)
+        if not value.isdigit() or int(value) < 1:
+            self.violation(name, "must be a whole number >= 1")
+            return 1
+        return int(value)
+
+    def boolean(self, name: str) -> bool:
+        value = self.value(name).lower()
+        if value not in ("true", "false"):
+            self.violation(name, "must be true or false")
+        return value == "true"
 
     def non_negative_int(self, name: str) -> int:
         value = self.value(name)
