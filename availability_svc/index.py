@@ -286,24 +286,40 @@ class SearchQuery:
     after: SortKey | None = None
 
     def __post_init__(self) -> None:
+        # Runs for every search, nearly always on a valid query: the checks are written to
+        # cost little when they pass (a NaN fails every comparison, so a range check also
+        # rejects NaN and the infinities), and problems are gathered only once one is found.
+        near, radius, time_from, time_to = self.near, self.radius, self.time_from, self.time_to
+        if (
+            1 <= self.limit <= _MAX_LIMIT
+            and (radius is None or (near is not None and 0 < radius < math.inf))
+            and (near is None or (-90 <= near.latitude <= 90 and -180 <= near.longitude <= 180))
+            and (near is not None or self.sort is not SortOrder.DISTANCE)
+            and not (self.date_from and self.date_to and self.date_from > self.date_to)
+            and (
+                (time_from is None and time_to is None) or _tod_start(time_from) < _tod_end(time_to)
+            )
+            and (self.cursor is None or self.after is None)
+        ):
+            return
         problems: list[Violation] = []
         if not 1 <= self.limit <= _MAX_LIMIT:
             problems.append(Violation("limit", f"must be between 1 and {_MAX_LIMIT}"))
-        if self.radius is not None:
-            if self.near is None:
+        if radius is not None:
+            if near is None:
                 problems.append(Violation("radius", "needs a location point"))
-            if not (math.isfinite(self.radius) and self.radius > 0):
+            if not (math.isfinite(radius) and radius > 0):
                 problems.append(Violation("radius", "must be a positive number"))
-        if self.near is not None:
-            if not (math.isfinite(self.near.latitude) and -90 <= self.near.latitude <= 90):
+        if near is not None:
+            if not (math.isfinite(near.latitude) and -90 <= near.latitude <= 90):
                 problems.append(Violation("near.latitude", "must be between -90 and 90"))
-            if not (math.isfinite(self.near.longitude) and -180 <= self.near.longitude <= 180):
+            if not (math.isfinite(near.longitude) and -180 <= near.longitude <= 180):
                 problems.append(Violation("near.longitude", "must be between -180 and 180"))
-        if self.sort is SortOrder.DISTANCE and self.near is None:
+        if self.sort is SortOrder.DISTANCE and near is None:
             problems.append(Violation("sort", "DISTANCE needs a location point"))
         if self.date_from and self.date_to and self.date_from > self.date_to:
             problems.append(Violation("date_to", "must not be before date_from"))
-        if _tod_start(self.time_from) >= _tod_end(self.time_to):
+        if _tod_start(time_from) >= _tod_end(time_to):
             problems.append(Violation("time_to", "must be after time_from"))
         if self.cursor is not None and self.after is not None:
             problems.append(Violation("after", "give either a cursor or an after key"))
@@ -454,6 +470,9 @@ def _bool_to_int(flags: npt.NDArray[np.bool_]) -> int:
 # A pair with matching starts: (first start's window position, pair rank by keys, the other
 # start bits, provider id, location id, distance in km or None).
 _Match = tuple[int, int, int, int, int, float | None]
+# A location for radius searches: (longitude, location id, phi, lambda and cos phi of its
+# `Place`, time zone).
+_GeoRecord = tuple[float, int, float, float, float, str]
 
 
 def _after_cursor(
@@ -554,7 +573,7 @@ class AvailabilityIndex:
         self._ranks_dirty = False
 
         self._geo_lat: list[float] = []
-        self._geo_places: list[tuple[float, int]] = []
+        self._geo_places: list[_GeoRecord] = []
         self._geo_dirty = False
         self._zone_tables: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.int16]]] = {}
         self._mask_cache: dict[tuple[Any, ...], int] = {}
@@ -1046,16 +1065,13 @@ class AvailabilityIndex:
         assert radius is not None
         allowed = _allowed_locations(query, visit_type)
         open_by_provider = self._open
-        places = self._places
-        location_zones = self._location_zones
         location_rank = self._location_rank
         provider_rank = self._provider_rank
         location_count = len(location_rank)
         needs = () if visit_type is None else visit_type.resource_needs
         duration = 1 if visit_type is None else visit_type.duration_granules
         radius_km = to_km(radius, query.unit)
-        origin = place(near.latitude, near.longitude)
-        phi, lmb, cos_phi = origin
+        phi, lmb, cos_phi = place(near.latitude, near.longitude)
         sin, asin, sqrt = math.sin, math.asin, math.sqrt
         masks = (
             self._at_location
@@ -1065,22 +1081,27 @@ class AvailabilityIndex:
         masks_get = masks.get
         window = span << lo
         found: list[_Match] = []
-        for location_id in self._locations_in_box(near, radius_km):
-            here = masks_get(location_id, 0) & candidates
+        min_lat, max_lat, min_lon, max_lon = bounding_box(near[0], near[1], radius_km)
+        # One pass over the latitude band: longitude, candidates, distance, then the pairs.
+        for lon, location_id, where_phi, where_lmb, where_cos, zone in self._latitude_band(
+            min_lat, max_lat
+        ):
+            if lon < min_lon or lon > max_lon:
+                continue
+            here = masks_get(location_id)
+            if here is None:
+                continue
+            here &= candidates
             if not here or (allowed is not None and location_id not in allowed):
                 continue
-            where = places[location_id]
             # distance_km(origin, where), written out (same operations, same result).
             h = (
-                sin((where.phi - phi) / 2) ** 2
-                + cos_phi * where.cos_phi * sin((where.lmb - lmb) / 2) ** 2
+                sin((where_phi - phi) / 2) ** 2
+                + cos_phi * where_cos * sin((where_lmb - lmb) / 2) ** 2
             )
             distance = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(h)))
             if distance > radius_km:
                 continue
-            zone = location_zones.get(location_id)
-            if zone is None:
-                continue  # a location not registered yet is not searchable
             mask = zone_masks.get(zone)
             if mask is None:
                 mask = zone_masks[zone] = self._zone_mask(zone, query, lo, lo + width)
@@ -1091,14 +1112,16 @@ class AvailabilityIndex:
             rank_here = location_rank[location_id]
             # Starts are worked out in grid positions (window bits cut out with one AND,
             # which costs less than shifting the whole row down) and shifted at the end.
-            mask <<= lo
+            mask = (mask << lo) & window
             while here:  # a handful of providers per location: peel the bits off the top
                 provider_id = here.bit_length() - 1
                 here ^= 1 << provider_id
-                starts = open_by_provider[provider_id][location_id] & window
-                for step in steps:
-                    starts &= starts >> step
-                starts &= mask
+                starts = open_by_provider[provider_id][location_id] & mask
+                if starts and steps:
+                    starts = open_by_provider[provider_id][location_id] & window
+                    for step in steps:
+                        starts &= starts >> step
+                    starts &= mask
                 if starts:
                     starts >>= lo
                     low = starts & -starts
@@ -1346,22 +1369,24 @@ class AvailabilityIndex:
         divisor = KM_PER_MILE if query.unit is DistanceUnit.MI else 1.0
         visit_type_id = None if visit_type is None else visit_type.id
         rests = [match[2] for match in found]
-        replace, pop = heapq.heapreplace, heapq.heappop
+        # Per match: (provider, location, distance in the query's unit), made once.
+        where = [
+            (provider_id, location_id, None if distance is None else distance / divisor)
+            for _, _, _, provider_id, location_id, distance in found
+        ]
+        replace, pop, new_hit = heapq.heapreplace, heapq.heappop, tuple.__new__
         index = 0
         while heap and len(hits) < limit:
             key = heap[0]
             index = key & index_mask
             position = (key >> shift) // order_width % width
-            _, _, _, provider_id, location_id, distance = found[index]
+            provider_id, location_id, distance = where[index]
             start = first_start + position * g
+            # tuple.__new__ makes the same SearchHit as its constructor, at a third of the cost.
             hits.append(
-                SearchHit(
-                    provider_id,
-                    location_id,
-                    start,
-                    start + length,
-                    None if distance is None else distance / divisor,
-                    visit_type_id,
+                new_hit(
+                    SearchHit,
+                    (provider_id, location_id, start, start + length, distance, visit_type_id),
                 )
             )
             rest = rests[index]
@@ -1395,21 +1420,30 @@ class AvailabilityIndex:
             self._ranks_dirty = False
         return max(1, len(self._provider_rank) * len(self._location_rank))
 
-    def _locations_in_box(self, point: GeoPoint, radius_km: float) -> list[int]:
-        """Locations inside the bounding box of the circle (a superset of those within it),
-        in latitude order."""
+    def _latitude_band(self, min_lat: float, max_lat: float) -> list[_GeoRecord]:
+        """The locations whose latitude is within [min_lat, max_lat], in latitude order."""
         if self._geo_dirty:
             ordered = sorted(self._locations.values(), key=lambda e: e.latitude)
             self._geo_lat = [e.latitude for e in ordered]
-            self._geo_places = [(e.longitude, e.id) for e in ordered]
+            self._geo_places = [
+                (e.longitude, e.id, *self._places[e.id], self._location_zones[e.id])
+                for e in ordered
+            ]
             self._geo_dirty = False
+        lat = self._geo_lat
+        return self._geo_places[bisect_left(lat, min_lat) : bisect_right(lat, max_lat)]
+
+    def _locations_in_box(self, point: GeoPoint, radius_km: float) -> list[int]:
+        """Locations inside the bounding box of the circle (a superset of those within it),
+        in latitude order."""
         min_lat, max_lat, min_lon, max_lon = bounding_box(point[0], point[1], radius_km)
-        band = self._geo_places[
-            bisect_left(self._geo_lat, min_lat) : bisect_right(self._geo_lat, max_lat)
-        ]
         # A latitude band holds a few dozen locations: a Python loop beats numpy's per-call
         # cost here.
-        return [location_id for lon, location_id in band if min_lon <= lon <= max_lon]
+        return [
+            record[1]
+            for record in self._latitude_band(min_lat, max_lat)
+            if min_lon <= record[0] <= max_lon
+        ]
 
     # ---- introspection --------------------------------------------------------------------------
 

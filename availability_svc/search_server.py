@@ -80,6 +80,9 @@ _DOUBLE = struct.Struct("<d")
 # Cached start/end time parts: bounded, cleared when full (they rebuild in microseconds).
 _MAX_CACHED_TIMES = 1 << 16
 
+# A location's encoded parts: see `ResponseEncoder._location`.
+_LocationParts = tuple[bytes, dict[tuple[int, int], bytes], bytes, bytes]
+
 
 class AvailabilitySearchServicer(pb_grpc.AvailabilityServiceServicer):
     """Translates protobuf to the search use case and back; no search logic here."""
@@ -107,24 +110,31 @@ class AvailabilitySearchServicer(pb_grpc.AvailabilityServiceServicer):
 
 def params_from_request(request: pb.SearchAvailabilityRequest) -> SearchParams:
     """The request's fields as given; unknown enum numbers become invalid values to report."""
+    sort = _SORTS.get(request.sort)
+    if sort is None:
+        sort = f"#{int(request.sort)}"
+    # Id lists are rarely given: an empty one is not copied.
+    provider_ids, location_ids = request.provider_ids, request.location_ids
+    # The first fields by position: CPython compiles a call with more than 15 keyword
+    # arguments to building and unpacking a dict of them (about 0.3 us more here).
     return SearchParams(
-        organization_id=request.organization_id,
-        specialty=request.specialty,
-        location=request.location,
-        radius=request.radius,
+        request.organization_id,
+        request.specialty,
+        request.location,
+        request.radius,
         insurance=request.insurance,
         from_date=request.from_date,
         to_date=request.to_date,
         limit=request.limit,
         page_token=request.page_token,
-        provider_ids=tuple(request.provider_ids),
-        location_ids=tuple(request.location_ids),
+        provider_ids=tuple(provider_ids) if provider_ids else (),
+        location_ids=tuple(location_ids) if location_ids else (),
         language=request.language,
         visit_type_id=request.visit_type_id,
         earliest_start_time=request.earliest_start_time,
         latest_start_time=request.latest_start_time,
         patient_kind=_PATIENT_KINDS.get(request.patient_kind, PatientKind.ANY),
-        sort=_SORTS.get(request.sort, f"#{int(request.sort)}"),
+        sort=sort,
     )
 
 
@@ -160,6 +170,11 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+def _head(tag: bytes, length: int) -> bytes:
+    """The tag and length of a length-delimited field, without its payload."""
+    return tag + _varint(length)
+
+
 def _string(tag: bytes, text: str) -> bytes:
     """A string field, left out when empty as proto3 serialization does."""
     return _field(tag, text.encode()) if text else b""
@@ -190,8 +205,9 @@ class ResponseEncoder:
         self._catalog: Catalog | None = None
         # provider id -> (slot id prefix "<provider id>_", the slot's `provider` field)
         self._providers: dict[str, tuple[bytes, bytes]] = {}
-        # location id -> (summary without distance, `location` field, zone's time parts)
-        self._locations: dict[str, tuple[bytes, bytes, dict[tuple[int, int], bytes]]] = {}
+        # location id -> (`location` field without a distance, zone's time parts, the
+        # `location` field's head when a distance follows, the same for a zero distance)
+        self._locations: dict[str, _LocationParts] = {}
         # zone -> (start, end) -> slot fields 4-8; start -> slot id time part
         self._times: dict[str, dict[tuple[int, int], bytes]] = {}
         self._time_count = 0
@@ -205,7 +221,9 @@ class ResponseEncoder:
             self._locations = {}
         providers, locations, stamps = self._providers, self._locations, self._stamps
         varints = _VARINTS
-        unit = _UNITS[result.unit]
+        # The `Distance` message's last field, the unit, the same for every result.
+        unit_tail = _DISTANCE_UNIT + _varint(_UNITS[result.unit])
+        pack_double = _DOUBLE.pack
         visit_type = result.visit_type
         visit_fields: dict[int, bytes] = {}
         located: dict[str, tuple[float, bytes]] = {}
@@ -218,14 +236,18 @@ class ResponseEncoder:
             location = locations.get(location_id)
             if location is None:
                 location = self._location(location_id)
-            summary, location_field, zone_times = location
+            location_field, zone_times, distance_head, zero_head = location
             if distance is not None:
                 # Every result at a location has the same distance from the search point.
                 known = located.get(location_id)
                 if known is not None and known[0] == distance:
                     location_field = known[1]
                 else:
-                    location_field = _located(summary, distance, unit)
+                    value = round(distance, 2)  # what clients see: 2 decimal places
+                    if value != 0.0:
+                        location_field = distance_head + pack_double(value) + unit_tail
+                    else:
+                        location_field = zero_head + unit_tail  # proto3 leaves 0.0 out
                     located[location_id] = (distance, location_field)
             time_fields = zone_times.get((start, end))
             if time_fields is None:
@@ -289,7 +311,7 @@ class ResponseEncoder:
         self._providers[provider_id] = parts
         return parts
 
-    def _location(self, location_id: str) -> tuple[bytes, bytes, dict[tuple[int, int], bytes]]:
+    def _location(self, location_id: str) -> _LocationParts:
         """Build the parts of a location of the current catalog."""
         assert self._catalog is not None
         info = self._catalog.locations[location_id]
@@ -301,7 +323,21 @@ class ResponseEncoder:
         zone_times = self._times.get(info.time_zone)
         if zone_times is None:
             zone_times = self._times[info.time_zone] = {}
-        parts = (summary, _field(_SLOT_LOCATION, summary), zone_times)
+        # With a distance, the summary ends with field 4 (its last), so the distance goes
+        # after it: `Distance` is a double (tag + 8 bytes) then the unit (tag + 1 byte).
+        distance_length = len(_DISTANCE_VALUE) + _DOUBLE.size + len(_DISTANCE_UNIT) + 1
+        zero_length = len(_DISTANCE_UNIT) + 1
+        parts = (
+            _field(_SLOT_LOCATION, summary),
+            zone_times,
+            _head(_SLOT_LOCATION, len(summary) + 2 + distance_length)
+            + summary
+            + _head(_LOCATION_DISTANCE, distance_length)
+            + _DISTANCE_VALUE,
+            _head(_SLOT_LOCATION, len(summary) + 2 + zero_length)
+            + summary
+            + _head(_LOCATION_DISTANCE, zero_length),
+        )
         self._locations[location_id] = parts
         return parts
 
@@ -334,18 +370,6 @@ class ResponseEncoder:
             field = _field(_RESPONSE_INDEX_TIME, stamp.SerializeToString())
             self._index_time = (index_time, field)
         return field
-
-
-def _located(summary: bytes, distance: float, unit: int) -> bytes:
-    """The `location` field with its distance (rounded to 2 places) in `unit`."""
-    value = round(distance, 2)
-    distance_message = (
-        (_DISTANCE_VALUE + _DOUBLE.pack(value) if value != 0.0 else b"")
-        + _DISTANCE_UNIT
-        + _varint(unit)
-    )
-    # The distance is field 4, the summary's last: appending keeps the field order.
-    return _field(_SLOT_LOCATION, summary + _field(_LOCATION_DISTANCE, distance_message))
 
 
 def _visit_type_field(visit_type: VisitTypeInfo, minutes: int) -> bytes:

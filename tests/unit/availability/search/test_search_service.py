@@ -138,6 +138,8 @@ def test_a_visit_type_brings_its_booking_window() -> None:
         (SearchParams(location="10"), "location", "must be lat,lon"),
         (SearchParams(location="1e3,2"), "location", "must be lat,lon"),
         (SearchParams(location="1,2", radius="5 furlongs"), "radius", "followed by mi or km"),
+        # Case-insensitive, but only for ASCII: the Kelvin sign (U+212A) is not a k.
+        (SearchParams(location="1,2", radius="10\u212am"), "radius", "followed by mi or km"),
         (SearchParams(location="1,2", radius="403km"), "radius", "at most 250 miles"),
         (SearchParams(radius="5mi"), "radius", "needs location"),
         (SearchParams(from_date="2026-02-30"), "from", "must be a date YYYY-MM-DD"),
