@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -478,13 +478,27 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _channels(address: str, count: int) -> list[grpc.aio.Channel]:
-    """`count` channels, each on a connection of its own: with several search processes
-    on the port, the kernel spreads connections (not calls) over them."""
-    return [
+@contextlib.asynccontextmanager
+async def _raw_calls(
+    address: str, method: str, count: int
+) -> AsyncIterator[list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]]]:
+    """`method` (bytes in, bytes out) over `count` channels, each on a connection of its
+    own: with several search processes on the port, the kernel spreads connections (not
+    calls) over them."""
+    channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(count)
     ]
+    try:
+        yield [
+            channel.unary_unary(
+                method, request_serializer=_identity, response_deserializer=_identity
+            )
+            for channel in channels
+        ]
+    finally:
+        for channel in channels:
+            await channel.close(None)
 
 
 async def _open_loop(
@@ -498,14 +512,7 @@ async def _open_loop(
     latencies: list[float] = []
     dues: list[float] = []
     errors = 0
-    channels = _channels(address, connections)
-    try:
-        calls = [
-            channel.unary_unary(
-                method, request_serializer=_identity, response_deserializer=_identity
-            )
-            for channel in channels
-        ]
+    async with _raw_calls(address, method, connections) as calls:
 
         async def one(payload: bytes, due: float, n: int) -> None:
             nonlocal errors
@@ -527,9 +534,6 @@ async def _open_loop(
             tasks.append(asyncio.create_task(one(payloads[n % len(payloads)], due, n)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    finally:
-        for channel in channels:
-            await channel.close(None)
     return {"latencies": latencies, "dues": dues, "errors": errors, "elapsed": elapsed}
 
 
@@ -542,14 +546,7 @@ async def _closed_loop(
     connections: int = 1,
 ) -> dict[str, Any]:
     done = errors = 0
-    channels = _channels(address, connections)
-    try:
-        calls = [
-            channel.unary_unary(
-                method, request_serializer=_identity, response_deserializer=_identity
-            )
-            for channel in channels
-        ]
+    async with _raw_calls(address, method, connections) as calls:
         stop = time.perf_counter() + seconds
 
         async def worker(offset: int) -> None:
@@ -567,9 +564,6 @@ async def _closed_loop(
         started = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
-    finally:
-        for channel in channels:
-            await channel.close(None)
     return {"done": done, "errors": errors, "elapsed": elapsed}
 
 
