@@ -4,7 +4,8 @@
 
 1. logging and telemetry (metrics endpoint, tracer provider);
 2. the gRPC server with the service's registrations, started at once so orchestrators can
-   probe it: health answers NOT_SERVING while dependencies come up;
+   probe it: health answers NOT_SERVING while dependencies come up (a process sharing its
+   port with others, `MEDSCHED_GRPC_REUSE_PORT`, starts it after step 3 instead);
 3. the dependencies the service declared: PostgreSQL pool, NATS + the MEDSCHED stream,
    Redis, the outbox relay of its schema; plus PHI crypto and the principal verifier;
 4. health SERVING; serve until SIGTERM; drain; close everything in reverse order.
@@ -237,29 +238,43 @@ async def run_service(
         otlp_endpoint=settings.otlp_endpoint or None,
     )
     runtime = build_runtime(settings, telemetry)
-    handle: ServerHandle = await create_server(
-        service_name=settings.service,
-        listen=settings.grpc_listen,
-        tls=settings.tls,
-        servicers=servicers(runtime),
-        principal_verifier=runtime.principal_signer,
-        on_rpc=lambda method, code, seconds: telemetry.metrics.record_rpc(
-            method, _code_name(code), seconds
-        ),
-        tracer_provider=telemetry.tracer_provider,
-        reuse_port=settings.grpc_reuse_port,
-    )
-    try:
+
+    async def start_server() -> ServerHandle:
+        handle = await create_server(
+            service_name=settings.service,
+            listen=settings.grpc_listen,
+            tls=settings.tls,
+            servicers=servicers(runtime),
+            principal_verifier=runtime.principal_signer,
+            on_rpc=lambda method, code, seconds: telemetry.metrics.record_rpc(
+                method, _code_name(code), seconds
+            ),
+            tracer_provider=telemetry.tracer_provider,
+            reuse_port=settings.grpc_reuse_port,
+        )
         await handle.start()
+        return handle
+
+    # A process that shares its port with others (`common.workers`) binds it only once it is
+    # ready: bound while still starting, it would take its share of new connections and answer
+    # them UNAVAILABLE (an index still being built) while the others could serve them.
+    late_bind = settings.grpc_reuse_port
+    handle: ServerHandle | None = None
+    try:
+        if not late_bind:
+            handle = await start_server()
         await open_dependencies(runtime, needs)
         if on_ready is not None:
             await on_ready(runtime)
+        if handle is None:
+            handle = await start_server()
         settle_heap()
         await handle.set_serving()
         logger.info("service ready", extra={"service": settings.service, "port": handle.port})
         await serve(handle, grace_s=settings.shutdown_grace_s)
     finally:
-        await handle.server.stop(0)
+        if handle is not None:
+            await handle.server.stop(0)
         await close_runtime(runtime)
         telemetry.shutdown()
 
