@@ -17,6 +17,7 @@ Metrics: worker k serves on the metrics port plus k (or a free port when it is 0
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ _HEALTHY_AFTER_S = 30.0
 _FIRST_BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 30.0
 _POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -53,12 +55,27 @@ class _Worker:
     restarts: int = field(default=0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            # Signals are the supervisor's to give: a Ctrl-C at a terminal reaches it alone,
+            # and it stops the workers once each.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # safe here: the supervisor runs no other threads
+        )
         self.started = time.monotonic()
         self.restart_at = None
         logger.info(
             "worker started", extra={"worker_id": self.index, "process_id": self.process.pid}
         )
+
+
+def _die_with_parent() -> None:
+    """In a new worker, before it runs: be sent SIGTERM when the supervisor dies, however
+    it dies (Linux `PR_SET_PDEATHSIG`), so no worker outlives it holding the port."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _host_port(host: str, port: int) -> str:

@@ -143,8 +143,27 @@ def test_sigterm_stops_every_worker_and_the_supervisor_exits_0(
     process.send_signal(signal.SIGTERM)
 
     assert process.wait(timeout=30) == 0
-    for pid in workers:
-        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+    assert all(_gone(pid) for pid in workers)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(
+    supervisor: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    process, address = supervisor
+    workers = _wait_for_workers(address, 2, timeout_s=30)
+    assert len(workers) == 2
+
+    process.kill()  # SIGKILL: the supervisor cannot stop anything itself
+    process.wait(timeout=10)
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(_gone(pid) for pid in workers):
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in workers)
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
