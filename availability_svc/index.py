@@ -1112,13 +1112,14 @@ class AvailabilityIndex:
             rank_here = location_rank[location_id]
             # Starts are worked out in grid positions (window bits cut out with one AND,
             # which costs less than shifting the whole row down) and shifted at the end.
-            mask = (mask << lo) & window
+            mask <<= lo  # zone and resource masks are `width` bits: inside the window
             while here:  # a handful of providers per location: peel the bits off the top
                 provider_id = here.bit_length() - 1
                 here ^= 1 << provider_id
-                starts = open_by_provider[provider_id][location_id] & mask
+                row = open_by_provider[provider_id][location_id]
+                starts = row & mask  # no start outside this: the run check only removes bits
                 if starts and steps:
-                    starts = open_by_provider[provider_id][location_id] & window
+                    starts = row & window
                     for step in steps:
                         starts &= starts >> step
                     starts &= mask

@@ -200,8 +200,9 @@ async def close_runtime(runtime: Runtime) -> None:
 # Allocations between young-generation collections once a service is serving (CPython's
 # default is 700). A gRPC call allocates a few hundred tracked objects, almost all freed by
 # reference counting when it ends; at the default a young collection runs every call or two
-# and scans every call in flight. Measured on the availability search at saturation: about
-# 10% of a call's CPU. Cycles still get collected, just in larger batches.
+# and scans every call in flight. One A/B pair on the availability search at saturation (a
+# noisy machine): 1,110 -> 974 us per search, 552 -> 513 us per no-op call. Cycles still get
+# collected, just in larger batches.
 YOUNG_COLLECTION_THRESHOLD = 50_000
 
 

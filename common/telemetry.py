@@ -207,12 +207,12 @@ class RpcStats:
 class Metrics:
     """The instruments every service records: RPCs, outbox, consumers, database pool."""
 
-    def __init__(self, meter: Meter, service: str, rpc_stats: RpcStats | None = None) -> None:
+    def __init__(self, meter: Meter, service: str) -> None:
         self._meter = meter
         self._service = service
         self._gauges: dict[str, _Gauge] = {}
         self._gauges_lock = threading.Lock()
-        self.rpc_stats = rpc_stats or RpcStats(service)
+        self.rpc_stats = RpcStats(service)
         """What `record_rpc` adds to; its owner registers it with the scrape registry."""
 
     def record_rpc(self, method: str, code: str, duration_s: float) -> None:

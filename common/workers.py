@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 from common.settings import Settings
@@ -52,7 +52,6 @@ class _Worker:
     started: float = 0.0
     backoff_s: float = _FIRST_BACKOFF_S
     restart_at: float | None = None
-    restarts: int = field(default=0)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -185,7 +184,6 @@ def _tend(workers: list[_Worker]) -> None:
     for worker in workers:
         if worker.restart_at is not None:
             if now >= worker.restart_at:
-                worker.restarts += 1
                 worker.start()
             continue
         process = worker.process
