@@ -18,9 +18,11 @@ named `HEADER_*` below. Aggregate ids travel in headers and must be opaque ids, 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +33,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -321,7 +324,9 @@ class ConsumerOptions:
     """Messages per fetch. Their ack waits all start at delivery and they are handled one by
     one, so `batch_size` x (slowest handler time) must stay well below `ack_wait_s`."""
     fetch_timeout_s: float = 1.0
-    """Longest a fetch waits for messages; also bounds how long `stop()` takes to notice."""
+    """How long a pull request stays open on the server waiting for messages (messages are
+    handed over as they arrive, whatever this is); `stop()` waits at most about this long for
+    the open request to end."""
     retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
     """Redelivery delay after the n-th failure (the last one repeats)."""
     start_sequence: int | None = None
@@ -433,7 +438,7 @@ class _PullLoop:
         self.options = options
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._pulls: _PullRequests | None = None
         self.handled_total = 0
         """Events whose handler ran and committed."""
         self.duplicates_total = 0
@@ -446,20 +451,21 @@ class _PullLoop:
         if self._task is not None:
             raise RuntimeError(f"consumer {self.durable!r} is already started")
         await ensure_consumer(self._js, self.stream, self.durable, self.subjects, self.options)
-        self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._pulls = await _PullRequests.open(self._js, self.stream, self.durable, self.options)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
 
     async def stop(self) -> None:
-        """Finish the message being handled, hand the rest of the batch back, unsubscribe."""
+        """Finish the message being handled, hand back what else arrives until the open pull
+        request ends, unsubscribe."""
         self._stopping.set()
         if self._task is not None:
             await self._task
-        if self._sub is not None:
+        if self._pulls is not None:
             try:
-                await self._sub.unsubscribe()
+                await self._pulls.close()
             except nats.errors.Error:
                 logger.warning("consumer unsubscribe failed", extra={"consumer": self.durable})
-            self._sub = None
+            self._pulls = None
 
     @property
     def running(self) -> bool:
@@ -482,15 +488,14 @@ class _PullLoop:
         raise NotImplementedError
 
     async def _run(self) -> None:
-        assert self._sub is not None
+        pulls = self._pulls
+        assert pulls is not None
         failures_in_a_row = 0
-        while not self._stopping.is_set():
+        # After a stop request, keep reading until the open request has ended: what it still
+        # delivers is handed back at once rather than left to its ack wait.
+        while not self._stopping.is_set() or pulls.request_open:
             try:
-                messages = await self._sub.fetch(
-                    self.options.batch_size, timeout=self.options.fetch_timeout_s
-                )
-            except TimeoutError:
-                continue
+                msg = await pulls.next_message()
             except nats.errors.Error as e:
                 # Consumer deleted, connection closed or reconnecting: wait, then try again.
                 failures_in_a_row += 1
@@ -501,18 +506,15 @@ class _PullLoop:
                 )
                 await _sleep_unless(self._stopping, delay)
                 continue
+            if msg is None:
+                continue  # the request ended without (more) messages; the next one goes out
             failures_in_a_row = 0
-            for index, msg in enumerate(messages):
-                if self._stopping.is_set():
-                    await self._hand_back(messages[index:])
-                    break
+            if self._stopping.is_set():
+                # Delivered but not started: nak without delay so another instance gets it
+                # now rather than after the ack wait.
+                await _settle(msg.nak())
+            else:
                 await self._process(msg)
-
-    async def _hand_back(self, messages: Sequence[Msg]) -> None:
-        # Fetched but not started: nak without delay so another instance gets them now rather
-        # than after the ack wait.
-        for msg in messages:
-            await _settle(msg.nak())
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -581,6 +583,108 @@ class _PullLoop:
             "event handler failed; redelivery scheduled", extra={**log_fields, "retry_s": delay}
         )
         await _settle(msg.nak(delay=delay))
+
+
+class PullRefused(nats.errors.Error):
+    """The server ended a pull request with an error status (409: consumer deleted,
+    leadership change, ...); the loop backs off and asks again."""
+
+    def __init__(self, status: str, description: str) -> None:
+        super().__init__(f"pull request refused: {status} {description}".strip())
+        self.status = status
+
+
+class _PullRequests:
+    """One pull request open at a time on a consumer; its messages handed over one by one
+    the moment they arrive.
+
+    nats-py's `fetch` returns only once its request ends or a status message arrives, and a
+    fetch that returns early can leave its request open on the server; the next message then
+    goes to that forgotten request and waits in the client until the request expires. Seen
+    as commit-to-search delays of up to `fetch_timeout_s` (1 s) in the availability index.
+    Here a message is returned as soon as it is read, whichever request it answers, and the
+    next request goes out only when the previous one has delivered its batch, expired (408),
+    found nothing (404) or outlived its expiry by `_REQUEST_GRACE_S` without a word.
+    """
+
+    def __init__(
+        self, client: NatsClient, subject: str, sub: Subscription, options: ConsumerOptions
+    ) -> None:
+        self._client = client
+        self._subject = subject
+        self._sub = sub
+        self._batch = options.batch_size
+        self._expires_s = options.fetch_timeout_s
+        self._request = json.dumps(
+            {"batch": options.batch_size, "expires": int(options.fetch_timeout_s * 1e9)}
+        ).encode()
+        self._left = 0  # messages the open request may still deliver; 0 when none is open
+        self._deadline = 0.0
+
+    @classmethod
+    async def open(
+        cls, js: JetStreamContext, stream: str, durable: str, options: ConsumerOptions
+    ) -> _PullRequests:
+        # nats-py offers no public accessor for the connection and API prefix of a context.
+        client: NatsClient = js._nc
+        subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        sub = await client.subscribe(client.new_inbox())
+        return cls(client, subject, sub, options)
+
+    @property
+    def request_open(self) -> bool:
+        return self._left > 0
+
+    async def next_message(self) -> Msg | None:
+        """The next message, or None when the open request ended without one (call again).
+
+        Raises `PullRefused` for an error status and nats errors for a broken connection.
+        """
+        try:
+            return await self._next_message()
+        except nats.errors.Error:
+            self._left = 0  # whatever was open is not counted on: the next call asks again
+            raise
+
+    async def _next_message(self) -> Msg | None:
+        if self._left <= 0:
+            await self._client.publish(self._subject, self._request, reply=self._sub.subject)
+            self._left = self._batch
+            self._deadline = time.monotonic() + self._expires_s + _REQUEST_GRACE_S
+        while True:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                self._left = 0
+                return None
+            try:
+                msg = await self._sub.next_msg(timeout=remaining)
+            except nats.errors.TimeoutError:
+                self._left = 0  # its end was never announced: ask again
+                return None
+            status = JetStreamContext.is_status_msg(msg)
+            if status is None:
+                self._left -= 1
+                return msg
+            if status == _STATUS_HEARTBEAT:
+                continue
+            # A request is over; if it was an older one than ours (its end announced after we
+            # stopped waiting for it), ours may stay open a while: harmless, its messages
+            # arrive here all the same.
+            self._left = 0
+            if status in _STATUS_REQUEST_ENDED:
+                return None
+            headers = msg.headers or {}
+            raise PullRefused(status, headers.get(_HEADER_DESCRIPTION, ""))
+
+    async def close(self) -> None:
+        await self._sub.unsubscribe()
+
+
+_REQUEST_GRACE_S = 0.5
+"""How long past its expiry a pull request's end may go unannounced before we ask again."""
+_STATUS_HEARTBEAT = "100"
+_STATUS_REQUEST_ENDED = frozenset({"404", "408"})  # nothing to deliver / request expired
+_HEADER_DESCRIPTION = "Description"
 
 
 class DurableConsumer(_PullLoop):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -424,3 +425,40 @@ def _lag_is_zero(consumer: DurableConsumer | StreamConsumer) -> Callable[[], Awa
         return (lag.pending, lag.ack_pending) == (0, 0)
 
     return check
+
+
+async def test_each_event_is_handed_over_as_it_arrives_not_when_a_pull_request_ends(
+    js: JetStreamContext, stream: EventStream
+) -> None:
+    # Pull requests expiring every 200 ms, events one at a time at random moments: many land
+    # just as a request ends and the next begins. Through nats-py's `fetch`, some of those
+    # waited in the client until an earlier request expired (up to the full 200 ms; 1 s with
+    # the default options). Handing an event over takes a few milliseconds here.
+    handled = asyncio.Event()
+
+    async def index(event: ReceivedEvent) -> None:
+        handled.set()
+
+    consumer = StreamConsumer(
+        js,
+        stream=stream.name,
+        durable="index-fresh",
+        subjects=[f"{stream.root}.>"],
+        handler=index,
+        options=ConsumerOptions(fetch_timeout_s=0.2, batch_size=64),
+    )
+    rng = random.Random(20261124)
+    waits = []
+    await consumer.start()
+    try:
+        for n in range(80):
+            await asyncio.sleep(rng.uniform(0, 0.25))
+            handled.clear()
+            published = time.monotonic()
+            await publish_events(js, stream.subject("slot", "freed"), 1, aggregate_id=f"a{n}")
+            await asyncio.wait_for(handled.wait(), timeout=10)
+            waits.append(time.monotonic() - published)
+    finally:
+        await consumer.stop()
+
+    assert max(waits) < 0.1, sorted(round(w * 1000, 1) for w in waits)[-5:]
