@@ -11,6 +11,10 @@ Loads a synthetic organisation into an embedded PostgreSQL with bulk COPY (5,000
    on the same server, closed loop with many calls in flight;
 4. freshness: a booking-like transaction (slot rows BOOKED + outbox event, committed) until
    the slot disappears from search, while the offered load runs; p50/p99 over `--probes`.
+   By default the event goes through the booking schema's outbox and a relay in a process
+   of its own, as a booking does (booking_svc relays its own outbox); `--probe-outbox
+   availability` sends it through the search process's own relay instead, as a block made
+   through schedule administration goes.
 
 The load generator is a separate process (multiprocessing, grpc.aio, requests pre-serialized)
 on the same 2 cores as the service, as the issue's targets assume.
@@ -22,6 +26,8 @@ on the same 2 cores as the service, as the issue's targets assume.
         --freshness-rate 0         # the pipeline's own freshness, no other load
     .venv/bin/python bench/bench_search.py --data-dir /tmp/medsched-bench --processes 2
                                    # two search processes on one port (SO_REUSEPORT)
+    .venv/bin/python bench/bench_search.py --data-dir /tmp/medsched-bench --phases freshness \
+        --probe-outbox availability   # a block's path: the search process relays the event
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ GRANULE = timedelta(minutes=15)
 SEARCH_METHOD = "/medsched.availability.v1.AvailabilityService/SearchAvailability"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 ROLL_FORWARD_LOCK = ROLL_FORWARD_LOCK_KEY
+BOOKING_OUTBOX = "booking"
+RELAY_LOCK = f"medsched.outbox_relay.{BOOKING_OUTBOX}"  # what `common.outbox` relays lock
 MIGRATIONS = Path(__file__).resolve().parents[1] / "availability_svc" / "migrations"
 STATUSES = np.array(["OPEN", "BOOKED", "BLOCKED", "HELD"])
 STATUS_SHARES = np.array([0.70, 0.20, 0.07, 0.03])
@@ -619,6 +627,7 @@ async def freshness_probe(
     rng: np.random.Generator,
     conn: psycopg.AsyncConnection[Any],
     poll_s: float = 0.005,
+    outbox: str = "booking",
 ) -> float:
     """Book an OPEN granule like booking does (rows + outbox event, one transaction), then
     search until it is gone; seconds from the commit's return to the first search without it.
@@ -668,7 +677,7 @@ async def freshness_probe(
         )
         await add_event(
             conn,
-            "availability",
+            outbox,
             subject="medsched.slots.booked",
             event_type="slots.booked",
             aggregate_type="slots",
@@ -702,13 +711,19 @@ async def freshness_probe(
 
 
 async def measure_freshness(
-    url: str, address: str, data: Synthetic, probes: int, seed: int, poll_s: float = 0.005
+    url: str,
+    address: str,
+    data: Synthetic,
+    probes: int,
+    seed: int,
+    poll_s: float = 0.005,
+    outbox: str = "booking",
 ) -> list[float]:
     rng = np.random.default_rng(seed)
     seconds = []
     async with await psycopg.AsyncConnection.connect(url) as conn:
         for _ in range(probes):
-            seconds.append(await freshness_probe(url, address, data, rng, conn, poll_s))
+            seconds.append(await freshness_probe(url, address, data, rng, conn, poll_s, outbox))
             await asyncio.sleep(0.02)
     return seconds
 
@@ -808,7 +823,53 @@ def connections_for(args: argparse.Namespace) -> int:
     return 1 if args.processes == 1 else 4 * args.processes
 
 
+@contextlib.contextmanager
+def booking_relay(database_url: str, nats_url: str) -> Iterator[None]:
+    """The booking schema's outbox relay in a process of its own, as booking_svc runs it;
+    yields once the relay leads (holds the schema's relay lock)."""
+    asyncio.run(migrate(database_url, BOOKING_OUTBOX, None))  # the shared outbox table only
+    command = [sys.executable, "-m", "common.outbox", "relay", "--schema", BOOKING_OUTBOX]
+    command += ["--database-url", database_url, "--nats-url", nats_url]
+    relay = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while True:
+                # The lock is free until the relay leads; taking it for a moment only makes
+                # the relay retry a little later.
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (RELAY_LOCK,)
+                ).fetchone()
+                if row is not None and not row[0]:
+                    break
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (RELAY_LOCK,))
+                if time.monotonic() > deadline or relay.poll() is not None:
+                    raise RuntimeError("the booking outbox relay did not start")
+                time.sleep(0.2)
+        yield
+    finally:
+        relay.terminate()
+        out, err = relay.communicate(timeout=30)
+        print(f"  booking outbox relay: {out.decode().strip()}")
+        if relay.returncode != 0:
+            print(err.decode(), file=sys.stderr)
+
+
 def run_freshness(
+    database_url: str,
+    nats_url: str,
+    address: str,
+    data: Synthetic,
+    payloads: list[bytes],
+    args: argparse.Namespace,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        if args.probe_outbox == BOOKING_OUTBOX:
+            stack.enter_context(booking_relay(database_url, nats_url))
+        _measure_freshness_under_load(database_url, address, data, payloads, args)
+
+
+def _measure_freshness_under_load(
     database_url: str,
     address: str,
     data: Synthetic,
@@ -830,10 +891,22 @@ def run_freshness(
         time.sleep(2)
     fresh = asyncio.run(
         measure_freshness(
-            database_url, address, data, args.probes, args.seed, args.probe_poll_ms / 1000
+            database_url,
+            address,
+            data,
+            args.probes,
+            args.seed,
+            args.probe_poll_ms / 1000,
+            args.probe_outbox,
         )
     )
-    print(summary(f"freshness commit -> gone from search, under {rate:.0f}/s", fresh))
+    print(
+        summary(
+            f"freshness commit -> gone from search ({args.probe_outbox} outbox),"
+            f" under {rate:.0f}/s",
+            fresh,
+        )
+    )
     if background is not None:
         outcome = finish_load(*background)
         print(summary("  background searches during the probes", outcome["latencies"]))
@@ -859,6 +932,13 @@ def main() -> None:
         type=float,
         default=5.0,
         help="how often a freshness probe searches for its slot (5; earlier runs used 2)",
+    )
+    parser.add_argument(
+        "--probe-outbox",
+        choices=(BOOKING_OUTBOX, "availability"),
+        default=BOOKING_OUTBOX,
+        help="whose outbox a probe's event goes through: booking (a booking's path, relayed"
+        " by its own process) or availability (a block's path, relayed by the search process)",
     )
     parser.add_argument(
         "--phases",
@@ -971,7 +1051,7 @@ def main() -> None:
                 connections_for(args),
             )
         if "freshness" in args.phases:
-            run_freshness(infra.database_url, address, data, payloads, args)
+            run_freshness(infra.database_url, infra.nats_url, address, data, payloads, args)
         rss, peak = rss_mb(service.pid)
         print(f"memory at the end, per search process: RSS {rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
