@@ -730,10 +730,19 @@ async def _load_granules(conn: Connection, org: OrgIndex) -> int:
     """Load the organisation's granules from the snapshot; return how many rows were read."""
     total = 0
     base = datetime.fromtimestamp(org.index.base_epoch_s, UTC)
-    async with conn.cursor(name=f"granules_{uuid.uuid4().hex}", binary=True) as cursor:
-        await cursor.execute(_GRANULES_SQL, (org.info.id, base))
-        while rows := await cursor.fetchmany(_SNAPSHOT_BATCH_ROWS):
-            total += _load_granule_rows(org, rows)
+    # Streamed rather than read through a server-side cursor: PostgreSQL runs no parallel
+    # plan for a cursor, and this scan and aggregation of every granule is what the build
+    # spends most of its time on (at full scale, 5.9 s with two parallel workers against
+    # 9-13 s without).
+    rows: list[tuple[Any, ...]] = []
+    async with conn.cursor(binary=True) as cursor:
+        async for row in cursor.stream(_GRANULES_SQL, (org.info.id, base)):
+            rows.append(row)
+            if len(rows) == _SNAPSHOT_BATCH_ROWS:
+                total += _load_granule_rows(org, rows)
+                rows = []
+    if rows:
+        total += _load_granule_rows(org, rows)
     org.versions.seal()
     return total
 
