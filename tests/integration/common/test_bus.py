@@ -462,3 +462,43 @@ async def test_each_event_is_handed_over_as_it_arrives_not_when_a_pull_request_e
         await consumer.stop()
 
     assert max(waits) < 0.1, sorted(round(w * 1000, 1) for w in waits)[-5:]
+
+
+async def test_a_consumer_deleted_under_it_keeps_its_loop_and_resumes_once_recreated(
+    js: JetStreamContext, stream: EventStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server ends the open pull request with a 409 when its consumer is deleted (a NATS
+    # restart without its state does much the same); the loop must back off and keep asking.
+    seen: list[int] = []
+
+    async def index(event: ReceivedEvent) -> None:
+        seen.append(event.stream_seq)
+
+    options = ConsumerOptions(fetch_timeout_s=0.5)
+    consumer = StreamConsumer(
+        js,
+        stream=stream.name,
+        durable="index-lost",
+        subjects=[f"{stream.root}.>"],
+        handler=index,
+        options=options,
+    )
+    await consumer.start()
+    try:
+        await publish_events(js, stream.subject("slot", "freed"), 1)
+        await wait_for(holds(lambda: seen == [1]), what="the first event")
+        await js.delete_consumer(stream.name, "index-lost")
+        await wait_for(
+            holds(lambda: any(r.getMessage() == "consumer fetch failed" for r in caplog.records)),
+            what="the refused pull request to be logged",
+        )
+        assert consumer.running
+
+        await ensure_consumer(js, stream.name, "index-lost", [f"{stream.root}.>"], options)
+        await publish_events(js, stream.subject("slot", "freed"), 1, aggregate_id="agg-2")
+        await wait_for(holds(lambda: len(seen) == 3), what="delivery after the consumer is back")
+    finally:
+        await consumer.stop()
+
+    # The new consumer delivers the stream from its start: the first event again, then the second.
+    assert seen == [1, 1, 2]
