@@ -619,6 +619,7 @@ class _PullRequests:
             {"batch": options.batch_size, "expires": int(options.fetch_timeout_s * 1e9)}
         ).encode()
         self._left = 0  # messages the open request may still deliver; 0 when none is open
+        self._expires_at = 0.0
         self._deadline = 0.0
 
     @classmethod
@@ -650,7 +651,8 @@ class _PullRequests:
         if self._left <= 0:
             await self._client.publish(self._subject, self._request, reply=self._sub.subject)
             self._left = self._batch
-            self._deadline = time.monotonic() + self._expires_s + _REQUEST_GRACE_S
+            self._expires_at = time.monotonic() + self._expires_s
+            self._deadline = self._expires_at + _REQUEST_GRACE_S
         while True:
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
@@ -667,9 +669,10 @@ class _PullRequests:
                 return msg
             if status == _STATUS_HEARTBEAT:
                 continue
-            # A request is over; if it was an older one than ours (its end announced after we
-            # stopped waiting for it), ours may stay open a while: harmless, its messages
-            # arrive here all the same.
+            if status == _STATUS_EXPIRED and time.monotonic() < self._expires_at - _EARLY_S:
+                # An older request's expiry, announced after we stopped waiting for it: ours
+                # is still open, and ending it here would keep two requests open at once.
+                continue
             self._left = 0
             if status in _STATUS_REQUEST_ENDED:
                 return None
@@ -687,6 +690,9 @@ Short: nats-server before 2.10 does not announce an expiry while the subscriptio
 until the next request goes out no event can be delivered (0.5 s here held one event in a
 hundred for 0.5 s on 2.9.10)."""
 _STATUS_HEARTBEAT = "100"
+_STATUS_EXPIRED = "408"
+_EARLY_S = 0.01
+"""Clock leeway when telling whether a 408 can be the open request's own expiry."""
 _STATUS_REQUEST_ENDED = frozenset({"404", "408"})  # nothing to deliver / request expired
 _HEADER_DESCRIPTION = "Description"
 
