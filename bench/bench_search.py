@@ -64,7 +64,7 @@ from grpc_health.v1 import health_pb2
 
 from availability_svc.roll_forward import ROLL_FORWARD_LOCK_KEY
 from common.migrations import migrate
-from common.outbox import add_event
+from common.outbox import add_event, relay_lock_key
 from deploy.embedded import free_port, start_infra
 from medsched.availability.v1 import availability_service_pb2 as pb
 from medsched.events.v1 import envelope_pb2, slot_events_pb2
@@ -78,7 +78,6 @@ SEARCH_METHOD = "/medsched.availability.v1.AvailabilityService/SearchAvailabilit
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 ROLL_FORWARD_LOCK = ROLL_FORWARD_LOCK_KEY
 BOOKING_OUTBOX = "booking"
-RELAY_LOCK = f"medsched.outbox_relay.{BOOKING_OUTBOX}"  # what `common.outbox` relays lock
 MIGRATIONS = Path(__file__).resolve().parents[1] / "availability_svc" / "migrations"
 STATUSES = np.array(["OPEN", "BOOKED", "BLOCKED", "HELD"])
 STATUS_SHARES = np.array([0.70, 0.20, 0.07, 0.03])
@@ -627,7 +626,7 @@ async def freshness_probe(
     rng: np.random.Generator,
     conn: psycopg.AsyncConnection[Any],
     poll_s: float = 0.005,
-    outbox: str = "booking",
+    outbox: str = BOOKING_OUTBOX,
 ) -> float:
     """Book an OPEN granule like booking does (rows + outbox event, one transaction), then
     search until it is gone; seconds from the commit's return to the first search without it.
@@ -717,7 +716,7 @@ async def measure_freshness(
     probes: int,
     seed: int,
     poll_s: float = 0.005,
-    outbox: str = "booking",
+    outbox: str = BOOKING_OUTBOX,
 ) -> list[float]:
     rng = np.random.default_rng(seed)
     seconds = []
@@ -831,6 +830,7 @@ def booking_relay(database_url: str, nats_url: str) -> Iterator[None]:
     command = [sys.executable, "-m", "common.outbox", "relay", "--schema", BOOKING_OUTBOX]
     command += ["--database-url", database_url, "--nats-url", nats_url]
     relay = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = relay_lock_key(BOOKING_OUTBOX)
     try:
         with psycopg.connect(database_url, autocommit=True) as conn:
             deadline = time.monotonic() + 30
@@ -838,11 +838,11 @@ def booking_relay(database_url: str, nats_url: str) -> Iterator[None]:
                 # The lock is free until the relay leads; taking it for a moment only makes
                 # the relay retry a little later.
                 row = conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (RELAY_LOCK,)
+                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock,)
                 ).fetchone()
                 if row is not None and not row[0]:
                     break
-                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (RELAY_LOCK,))
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
                 if time.monotonic() > deadline or relay.poll() is not None:
                     raise RuntimeError("the booking outbox relay did not start")
                 time.sleep(0.2)
@@ -863,9 +863,12 @@ def run_freshness(
     payloads: list[bytes],
     args: argparse.Namespace,
 ) -> None:
-    with contextlib.ExitStack() as stack:
-        if args.probe_outbox == BOOKING_OUTBOX:
-            stack.enter_context(booking_relay(database_url, nats_url))
+    relay = (
+        booking_relay(database_url, nats_url)
+        if args.probe_outbox == BOOKING_OUTBOX
+        else contextlib.nullcontext()
+    )
+    with relay:
         _measure_freshness_under_load(database_url, address, data, payloads, args)
 
 

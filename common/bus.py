@@ -591,7 +591,6 @@ class PullRefused(nats.errors.Error):
 
     def __init__(self, status: str, description: str) -> None:
         super().__init__(f"pull request refused: {status} {description}".strip())
-        self.status = status
 
 
 class _PullRequests:

@@ -50,6 +50,11 @@ def notify_channel(schema: str) -> str:
     return NOTIFY_CHANNEL_PREFIX + check_schema_name(schema)
 
 
+def relay_lock_key(schema: str) -> str:
+    """The advisory lock key (for `hashtextextended`) the leading relay of `schema` holds."""
+    return f"medsched.outbox_relay.{check_schema_name(schema)}"
+
+
 # ---------------------------------------------------------------- producing
 
 
@@ -433,7 +438,7 @@ class OutboxRelay:
         while not self._stopping.is_set():
             cursor = await lock_conn.execute(
                 "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                (f"medsched.outbox_relay.{self.schema}",),
+                (relay_lock_key(self.schema),),
             )
             row = await cursor.fetchone()
             if row is not None and row[0]:

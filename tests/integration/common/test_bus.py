@@ -467,8 +467,8 @@ async def test_each_event_is_handed_over_as_it_arrives_not_when_a_pull_request_e
 async def test_a_consumer_deleted_under_it_keeps_its_loop_and_resumes_once_recreated(
     js: JetStreamContext, stream: EventStream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The server ends the open pull request with a 409 when its consumer is deleted (a NATS
-    # restart without its state does much the same); the loop must back off and keep asking.
+    # The server ends the open pull request with a 409 when its consumer is deleted; the loop
+    # must back off and keep asking.
     seen: list[int] = []
 
     async def index(event: ReceivedEvent) -> None:
